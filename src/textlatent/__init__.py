@@ -1,0 +1,58 @@
+"""textlatent: π0 exactly as openpi computes it, with its text latents read, written and steered."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from textlatent.policy import Policy
+    from textlatent.tokenizer import PaligemmaTokenizer
+
+
+def load_policy(
+    config_name: str,
+    checkpoint,
+    *,
+    tokenizer: str | PaligemmaTokenizer | None = None,
+    **config_overrides,
+) -> Policy:
+    """Load an openpi checkpoint as a policy.
+
+    Args:
+      config_name: openpi train-config name, e.g. ``"pi0_libero"``.
+      checkpoint: checkpoint directory (with ``params/`` and ``assets/``): local path, ``gs://…`` or ``hf://…``.
+      tokenizer: SentencePiece model path/URL or a ``PaligemmaTokenizer`` (default: PaliGemma's, downloaded once).
+      config_overrides: fields of the policy or model config, e.g. ``paligemma_variant="dummy"``,
+        ``dtype="float32"`` (float32 weights and activations instead of openpi's bf16 serving mode).
+    """
+    from textlatent.checkpoint import load_model, load_norm_stats, resolve_checkpoint
+    from textlatent.policy import LiberoTransforms, Policy, get_config
+    from textlatent.tokenizer import PaligemmaTokenizer
+
+    config = get_config(config_name, **config_overrides)
+    directory = resolve_checkpoint(checkpoint)
+    stats = load_norm_stats(directory, config.asset_id)
+    if not isinstance(tokenizer, PaligemmaTokenizer):
+        tokenizer = PaligemmaTokenizer(tokenizer, max_len=config.model.max_token_len)
+    if tokenizer.vocab_size > config.model.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {tokenizer.vocab_size} pieces but the model embeds only {config.model.vocab_size}"
+        )
+    model = load_model(config.model, directory / "params")
+    transforms = LiberoTransforms(
+        tokenizer=tokenizer,
+        norm_stats=stats,
+        model_action_dim=config.model.action_dim,
+        state_dims=config.state_dims,
+        action_dims=config.action_dims,
+        delta_action_mask=config.delta_action_mask,
+        image_keys=config.model.image_keys,
+        image_resolution=config.model.image_resolution,
+        default_prompt=config.default_prompt,
+    )
+    return Policy(model, config, transforms, metadata={"config": config.name, "checkpoint": str(checkpoint)})
+
+
+__all__ = ["__version__", "load_policy"]

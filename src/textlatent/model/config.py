@@ -1,0 +1,134 @@
+"""Sizes of the networks inside π0, by the variant names openpi uses."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+PALIGEMMA_VOCAB_SIZE = 257_152
+
+Dtype = Literal["bfloat16", "float32"]
+
+
+@dataclasses.dataclass(frozen=True)
+class GemmaConfig:
+    width: int
+    depth: int
+    mlp_dim: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+
+# The variants of openpi's `gemma.get_config`, plus smaller ones for fast tests.
+GEMMA_VARIANTS: dict[str, GemmaConfig] = {
+    "gemma_2b": GemmaConfig(width=2048, depth=18, mlp_dim=16_384, num_heads=8, num_kv_heads=1, head_dim=256),
+    "gemma_300m": GemmaConfig(width=1024, depth=18, mlp_dim=4096, num_heads=8, num_kv_heads=1, head_dim=256),
+    "dummy": GemmaConfig(width=64, depth=4, mlp_dim=128, num_heads=8, num_kv_heads=1, head_dim=16),
+    # Test sizes: both streams must agree on depth, heads and head_dim.
+    "tiny": GemmaConfig(width=32, depth=3, mlp_dim=64, num_heads=2, num_kv_heads=1, head_dim=8),
+    "tiny_expert": GemmaConfig(width=16, depth=3, mlp_dim=32, num_heads=2, num_kv_heads=1, head_dim=8),
+}
+
+
+def gemma_config(variant: str) -> GemmaConfig:
+    try:
+        return GEMMA_VARIANTS[variant]
+    except KeyError:
+        raise ValueError(f"Unknown Gemma variant {variant!r}; choose one of {sorted(GEMMA_VARIANTS)}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class SiglipConfig:
+    width: int
+    depth: int
+    mlp_dim: int
+    num_heads: int
+    patch_size: int
+
+
+_SIGLIP_SIZES = {
+    # name: (width, depth, mlp_dim, num_heads), as big_vision's ViT table.
+    "mu": (32, 1, 128, 2),
+    "Ti": (192, 12, 768, 3),
+    "S": (384, 12, 1536, 6),
+    "M": (512, 12, 2048, 8),
+    "B": (768, 12, 3072, 12),
+    "L": (1024, 24, 4096, 16),
+    "So400m": (1152, 27, 4304, 16),
+    # Test size with more than one block, so scanning over depth is exercised.
+    "tiny": (32, 2, 64, 2),
+}
+
+
+def siglip_config(variant: str) -> SiglipConfig:
+    """Parse a variant such as ``"So400m/14"`` (size/patch)."""
+    name, _, patch = variant.partition("/")
+    if name not in _SIGLIP_SIZES or not patch.isdigit():
+        raise ValueError(
+            f"Unknown SigLIP variant {variant!r}; expected '<size>/<patch>' with size one of {sorted(_SIGLIP_SIZES)}, "
+            "e.g. 'So400m/14'"
+        )
+    width, depth, mlp_dim, num_heads = _SIGLIP_SIZES[name]
+    return SiglipConfig(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=num_heads, patch_size=int(patch))
+
+
+IMAGE_KEYS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
+IMAGE_RESOLUTION = (224, 224)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pi0Config:
+    """π0's model configuration; defaults are openpi's ``Pi0Config()``."""
+
+    dtype: Dtype = "bfloat16"
+    paligemma_variant: str = "gemma_2b"
+    action_expert_variant: str = "gemma_300m"
+    siglip_variant: str = "So400m/14"
+    action_dim: int = 32
+    action_horizon: int = 50
+    max_token_len: int = 48
+    vocab_size: int = PALIGEMMA_VOCAB_SIZE
+    image_keys: tuple[str, ...] = IMAGE_KEYS
+    image_resolution: tuple[int, int] = IMAGE_RESOLUTION
+
+    def __post_init__(self):
+        if self.dtype not in ("bfloat16", "float32"):
+            raise ValueError(f"dtype must be 'bfloat16' or 'float32', got {self.dtype!r}")
+        prefix, expert = gemma_config(self.paligemma_variant), gemma_config(self.action_expert_variant)
+        for field in ("depth", "num_heads", "num_kv_heads", "head_dim"):
+            if getattr(prefix, field) != getattr(expert, field):
+                raise ValueError(
+                    f"paligemma_variant {self.paligemma_variant!r} and action_expert_variant "
+                    f"{self.action_expert_variant!r} must share {field} to share attention"
+                )
+        siglip_config(self.siglip_variant)
+        for size in self.image_resolution:
+            if size % siglip_config(self.siglip_variant).patch_size:
+                raise ValueError(f"image_resolution {self.image_resolution} is not a multiple of the patch size")
+
+    @property
+    def paligemma(self) -> GemmaConfig:
+        return gemma_config(self.paligemma_variant)
+
+    @property
+    def action_expert(self) -> GemmaConfig:
+        return gemma_config(self.action_expert_variant)
+
+    @property
+    def siglip(self) -> SiglipConfig:
+        return siglip_config(self.siglip_variant)
+
+    @property
+    def tokens_per_image(self) -> int:
+        patch = self.siglip.patch_size
+        return (self.image_resolution[0] // patch) * (self.image_resolution[1] // patch)
+
+    @property
+    def prefix_len(self) -> int:
+        return len(self.image_keys) * self.tokens_per_image + self.max_token_len
+
+    @property
+    def text_start(self) -> int:
+        """Prefix position of the first prompt-token slot (768 for the LIBERO layout)."""
+        return len(self.image_keys) * self.tokens_per_image

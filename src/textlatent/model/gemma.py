@@ -1,0 +1,230 @@
+"""Gemma as a mixture of experts that share attention: PaliGemma (stream 0) and the action expert (stream 1).
+
+Parameter names and shapes are openpi's (``PaliGemma/llm/...``), with layers stacked on a leading depth axis and
+run with ``lax.scan`` so that one block is traced. Stream ``i ≥ 1`` modules carry the suffix ``_i``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+from textlatent.model import ops
+from textlatent.model.config import GemmaConfig
+from textlatent.model.intervention import ResidualEdit
+
+# (K, V), each [depth, B, S, num_kv_heads, head_dim].
+KVCache = tuple[jax.Array, jax.Array]
+
+_init_lecun = jax.nn.initializers.lecun_normal
+
+
+def _suffix(name: str, stream: int) -> str:
+    return name if stream == 0 else f"{name}_{stream}"
+
+
+class Einsum(nnx.Module):
+    """A weight ``w`` used through ``jnp.einsum`` after casting it to the activation dtype."""
+
+    def __init__(self, shape: tuple[int, ...], init, rngs: nnx.Rngs):
+        self.w = nnx.Param(init(rngs.params(), shape, jnp.float32))
+
+    def __call__(self, eqn: str, x: jax.Array) -> jax.Array:
+        return jnp.einsum(eqn, x, self.w[...].astype(x.dtype))
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, shape: tuple[int, ...]):
+        self.scale = nnx.Param(jnp.zeros(shape, jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return ops.rms_norm(x, self.scale[...])
+
+
+class FeedForward(nnx.Module):
+    """GeGLU: ``(gelu(x W_gate) * (x W_up)) W_down``, all in the activation dtype."""
+
+    def __init__(self, depth: int, width: int, hidden: int, rngs: nnx.Rngs):
+        self.gating_einsum = nnx.Param(
+            _init_lecun(in_axis=-2, out_axis=-1, batch_axis=(0, 1))(rngs.params(), (depth, 2, width, hidden))
+        )
+        self.linear = nnx.Param(_init_lecun(in_axis=-2, out_axis=-1, batch_axis=(0,))(rngs.params(), (depth, hidden, width)))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        gating = self.gating_einsum[...]
+        gate = ops.gelu(jnp.dot(x, gating[0].astype(x.dtype)))
+        up = jnp.dot(x, gating[1].astype(x.dtype))
+        return jnp.dot(gate * up, self.linear[...].astype(x.dtype))
+
+
+class Block(nnx.Module):
+    """One transformer layer for all streams. Parameters are created stacked over ``depth``; ``Gemma`` scans them."""
+
+    def __init__(self, configs: Sequence[GemmaConfig], rngs: nnx.Rngs):
+        depth = configs[0].depth
+        self.configs = tuple(configs)
+        self.attn = Attention(configs, rngs)
+        for i, c in enumerate(configs):
+            setattr(self, _suffix("pre_attention_norm", i), RMSNorm((depth, c.width)))
+            setattr(self, _suffix("pre_ffw_norm", i), RMSNorm((depth, c.width)))
+            setattr(self, _suffix("mlp", i), FeedForward(depth, c.width, c.mlp_dim, rngs))
+
+    def __call__(self, xs, positions, mask, kv_cache):
+        normed = [None if x is None else getattr(self, _suffix("pre_attention_norm", i))(x) for i, x in enumerate(xs)]
+        attn_out, kv_cache = self.attn(normed, positions, mask, kv_cache)
+        xs = [None if x is None else x + y for x, y in zip(xs, attn_out, strict=True)]
+        out = []
+        for i, x in enumerate(xs):
+            if x is None:
+                out.append(None)
+                continue
+            y = getattr(self, _suffix("mlp", i))(getattr(self, _suffix("pre_ffw_norm", i))(x))
+            out.append(x + y)
+        return out, kv_cache
+
+
+class Attention(nnx.Module):
+    """Joint multi-query attention: each stream has its own projections; tokens of all streams attend together."""
+
+    def __init__(self, configs: Sequence[GemmaConfig], rngs: nnx.Rngs):
+        self.configs = tuple(configs)
+        depth = configs[0].depth
+        for i, c in enumerate(configs):
+            if c.num_kv_heads == c.num_heads:
+                raise NotImplementedError("multi-head (qkv_einsum) Gemma variants are not used by π0")
+            q_init = _init_lecun(in_axis=-2, out_axis=-1, batch_axis=(0, 1))
+            kv_init = _init_lecun(in_axis=-2, out_axis=-1, batch_axis=(0, 1, 2))
+            out_init = _init_lecun(in_axis=(-3, -2), out_axis=-1, batch_axis=(0,))
+            setattr(self, _suffix("q_einsum", i), Einsum((depth, c.num_heads, c.width, c.head_dim), q_init, rngs))
+            setattr(
+                self, _suffix("kv_einsum", i), Einsum((depth, 2, c.num_kv_heads, c.width, c.head_dim), kv_init, rngs)
+            )
+            setattr(
+                self, _suffix("attn_vec_einsum", i), Einsum((depth, c.num_heads, c.head_dim, c.width), out_init, rngs)
+            )
+
+    def __call__(self, xs, positions, mask, kv_cache):
+        """xs: per stream [B, T_i, D_i] or None; positions int[B, T]; mask bool[B, 1, T, S]."""
+        qkvs = []
+        for i, x in enumerate(xs):
+            if x is None:
+                continue
+            q = getattr(self, _suffix("q_einsum", i))("BTD,NDH->BTNH", x)
+            k, v = getattr(self, _suffix("kv_einsum", i))("BSD,2KDH->2BSKH", x)
+            qkvs.append((q, k, v))
+        q, k, v = (jnp.concatenate(y, axis=1) for y in zip(*qkvs, strict=True))
+
+        head_dim = self.configs[0].head_dim
+        q = ops.apply_rope(q, positions)
+        q *= head_dim**-0.5
+        k = ops.apply_rope(k, positions)
+
+        if kv_cache is not None:
+            cache_k, cache_v = kv_cache
+            k = jnp.concatenate([cache_k, k], axis=1)
+            v = jnp.concatenate([cache_v, v], axis=1)
+
+        b, t, n, h = q.shape
+        kv_heads = self.configs[0].num_kv_heads
+        q = q.reshape(b, t, kv_heads, n // kv_heads, h)
+        logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
+        if mask.shape != (b, 1, t, k.shape[1]):
+            raise ValueError(f"attention mask has shape {mask.shape}, expected {(b, 1, t, k.shape[1])}")
+        logits = jnp.where(mask[:, :, None, :, :], logits, ops.ATTENTION_MASK_VALUE)
+        probs = jax.nn.softmax(logits, axis=-1).astype(k.dtype)
+        encoded = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(b, t, n, h)
+
+        out, start = [], 0
+        for i, x in enumerate(xs):
+            if x is None:
+                out.append(None)
+                continue
+            end = start + x.shape[1]
+            out.append(getattr(self, _suffix("attn_vec_einsum", i))("BTNH,NHD->BTD", encoded[:, start:end]))
+            start = end
+        return out, (k, v)
+
+
+class Embedder(nnx.Module):
+    def __init__(self, vocab_size: int, width: int, rngs: nnx.Rngs):
+        self.input_embedding = nnx.Param(jax.nn.initializers.normal(1.0)(rngs.params(), (vocab_size, width)))
+
+    def encode(self, tokens: jax.Array) -> jax.Array:
+        table = self.input_embedding[...]
+        x = table[(tokens,)]
+        # sqrt(width) is rounded to the table dtype: 45.25 for bf16 params, 45.254833 for float32.
+        x *= jnp.sqrt(table.shape[-1]).astype(x.dtype)
+        return x
+
+
+class Gemma(nnx.Module):
+    """The shared-attention transformer. Named ``llm`` inside ``PaliGemma``."""
+
+    def __init__(self, configs: Sequence[GemmaConfig], *, vocab_size: int, embed_dtype: str, rngs: nnx.Rngs):
+        self.configs = tuple(configs)
+        self.embed_dtype = jnp.dtype(embed_dtype)
+        self.embedder = Embedder(vocab_size, configs[0].width, rngs)
+        self.layers = Block(configs, rngs)
+        for i, c in enumerate(configs):
+            setattr(self, _suffix("final_norm", i), RMSNorm((c.width,)))
+
+    @property
+    def depth(self) -> int:
+        return self.configs[0].depth
+
+    def embed(self, tokens: jax.Array) -> jax.Array:
+        return self.embedder.encode(tokens).astype(self.embed_dtype)
+
+    def __call__(
+        self,
+        embedded: Sequence[jax.Array | None],
+        positions: jax.Array,
+        mask: jax.Array,
+        *,
+        kv_cache: KVCache | None = None,
+        edit: ResidualEdit | None = None,
+        capture_positions: jax.Array | None = None,
+    ) -> tuple[list[jax.Array | None], KVCache, jax.Array | None]:
+        """Run all layers.
+
+        Args:
+          embedded: per stream [B, T_i, D_i] or None (stream not run).
+          positions: int[B, T] RoPE positions of the present tokens.
+          mask: bool[B, T, S] — which of the S keys (cache first, then present tokens) each query sees.
+          kv_cache: keys/values of earlier tokens, [depth, B, S_cache, K, H] each.
+          edit: additions/replacement in stream 0's residual stream (see ``ResidualEdit``).
+          capture_positions: int[P] stream-0 positions whose residual stream entering each block is returned.
+
+        Returns:
+          (final-normed outputs per stream, (K, V) of all keys per layer, captured [depth, B, P, D_0] or None).
+        """
+        xs = [None if e is None else e.astype(self.embed_dtype) for e in embedded]
+        if (edit is not None or capture_positions is not None) and xs[0] is None:
+            raise ValueError("residual edits and captures apply to the PaliGemma (prefix) stream, which is not run")
+        if edit is not None:
+            edit.validate(self.depth, xs[0].shape[1], self.configs[0].width)
+            if edit.replace is not None:
+                xs[0] = xs[0].at[:, edit.positions].set(
+                    jnp.broadcast_to(edit.replace.astype(xs[0].dtype), (xs[0].shape[0], *edit.replace.shape[1:]))
+                )
+        delta = None if edit is None else edit.delta
+        mask = jnp.asarray(mask)[:, None, :, :]
+
+        graphdef, layer_state = nnx.split(self.layers)
+
+        def run_layer(xs, layer_in):
+            state, cache, layer_delta = layer_in
+            if layer_delta is not None:
+                xs = [xs[0].at[:, edit.positions].add(layer_delta.astype(xs[0].dtype)), *xs[1:]]
+            captured = None if capture_positions is None else xs[0][:, capture_positions]
+            block = nnx.merge(graphdef, state)
+            xs, cache = block(xs, positions, mask, cache)
+            return xs, (cache, captured)
+
+        xs, (kv_cache, captured) = lax.scan(run_layer, xs, (layer_state, kv_cache, delta))
+        outputs = [None if x is None else getattr(self, _suffix("final_norm", i))(x) for i, x in enumerate(xs)]
+        return outputs, kv_cache, captured

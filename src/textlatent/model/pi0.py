@@ -1,0 +1,270 @@
+"""π0: SigLIP + PaliGemma prefix, action-expert suffix, flow matching. openpi's arithmetic, with residual access."""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from textlatent.model import ops
+from textlatent.model.config import Pi0Config
+from textlatent.model.gemma import Gemma, KVCache
+from textlatent.model.intervention import ResidualEdit
+from textlatent.model.siglip import SigLIP
+
+logger = logging.getLogger(__name__)
+
+
+@struct.dataclass
+class Observation:
+    """Model inputs, batched. Images are float in [-1, 1] (uint8 is converted by ``from_dict``)."""
+
+    images: dict[str, jax.Array]  # [B, H, W, 3]
+    image_masks: dict[str, jax.Array]  # bool[B]
+    state: jax.Array  # [B, action_dim]
+    tokenized_prompt: jax.Array | None = None  # int[B, L]
+    tokenized_prompt_mask: jax.Array | None = None  # bool[B, L]
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Observation:
+        """openpi's dict form: ``image``, ``image_mask``, ``state``, ``tokenized_prompt``, ``tokenized_prompt_mask``."""
+        if ("tokenized_prompt" in data) != ("tokenized_prompt_mask" in data):
+            raise ValueError("tokenized_prompt and tokenized_prompt_mask must be provided together")
+        images = {}
+        for key, image in data["image"].items():
+            if image.dtype == np.uint8:
+                # Same operation order as openpi: /255 then *2 then -1, in float32.
+                image = image.astype(np.float32) / 255.0 * 2.0 - 1.0
+            images[key] = image
+        return cls(
+            images=images,
+            image_masks=dict(data.get("image_mask", {})),
+            state=data["state"],
+            tokenized_prompt=data.get("tokenized_prompt"),
+            tokenized_prompt_mask=data.get("tokenized_prompt_mask"),
+        )
+
+
+def resize_with_pad(images: jax.Array, height: int, width: int) -> jax.Array:
+    """Aspect-preserving bilinear resize then centred padding (−1 for float images, 0 for uint8). [B, h, w, c]."""
+    cur_h, cur_w = images.shape[1:3]
+    ratio = max(cur_w / width, cur_h / height)
+    new_h, new_w = int(cur_h / ratio), int(cur_w / ratio)
+    resized = jax.image.resize(images, (images.shape[0], new_h, new_w, images.shape[3]), method="linear")
+    if images.dtype == jnp.uint8:
+        resized = jnp.round(resized).clip(0, 255).astype(jnp.uint8)
+    elif images.dtype == jnp.float32:
+        resized = resized.clip(-1.0, 1.0)
+    else:
+        raise ValueError(f"unsupported image dtype {images.dtype}; use uint8 or float32")
+    pad_h0, rem_h = divmod(height - new_h, 2)
+    pad_w0, rem_w = divmod(width - new_w, 2)
+    return jnp.pad(
+        resized,
+        ((0, 0), (pad_h0, pad_h0 + rem_h), (pad_w0, pad_w0 + rem_w), (0, 0)),
+        constant_values=0 if images.dtype == jnp.uint8 else -1.0,
+    )
+
+
+class Linear(nnx.Module):
+    """``nnx.Linear`` semantics: inputs and parameters promoted to their common dtype."""
+
+    def __init__(self, in_features: int, out_features: int, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(jax.nn.initializers.lecun_normal()(rngs.params(), (in_features, out_features)))
+        self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32))
+
+    @property
+    def out_features(self) -> int:
+        return self.kernel.shape[-1]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return ops.dense(x, self.kernel[...], self.bias[...])
+
+
+class PaliGemma(nnx.Module):
+    def __init__(self, llm: Gemma, img: SigLIP):
+        self.llm = llm
+        self.img = img
+
+
+@struct.dataclass
+class PrefixCache:
+    """What the suffix needs from one prefix pass: keys/values of every layer and which prefix tokens are valid."""
+
+    kv: KVCache  # each [depth, B, P, K, H]
+    mask: jax.Array  # bool[B, P]
+
+
+class Pi0(nnx.Module):
+    def __init__(self, config: Pi0Config, rngs: nnx.Rngs):
+        if config.action_dim < 1 or config.action_horizon < 1:
+            raise ValueError("action_dim and action_horizon must be positive")
+        self.config = config
+        prefix_cfg, expert_cfg = config.paligemma, config.action_expert
+        llm = Gemma([prefix_cfg, expert_cfg], vocab_size=config.vocab_size, embed_dtype=config.dtype, rngs=rngs)
+        img = SigLIP(
+            config.siglip,
+            out_width=prefix_cfg.width,
+            num_patches=config.tokens_per_image,
+            dtype=config.dtype,
+            rngs=rngs,
+        )
+        self.PaliGemma = PaliGemma(llm, img)
+        width = expert_cfg.width
+        self.state_proj = Linear(config.action_dim, width, rngs)
+        self.action_in_proj = Linear(config.action_dim, width, rngs)
+        self.action_time_mlp_in = Linear(2 * width, width, rngs)
+        self.action_time_mlp_out = Linear(width, width, rngs)
+        self.action_out_proj = Linear(width, config.action_dim, rngs)
+
+    # ----------------------------------------------------------------------------------------------- layout helpers
+    def text_positions(self, slots) -> jax.Array:
+        """Prefix positions of prompt-token slots (slot 0 = BOS)."""
+        slots = jnp.asarray(slots, jnp.int32)
+        return self.config.text_start + slots
+
+    # ------------------------------------------------------------------------------------------------------ inputs
+    def preprocess(self, obs: Observation) -> Observation:
+        """Resize images to the model resolution if needed, order them as ``image_keys``, default masks to True."""
+        missing = [k for k in self.config.image_keys if k not in obs.images]
+        if missing:
+            raise ValueError(f"observation lacks images {missing}; expected keys {list(self.config.image_keys)}")
+        batch_shape = obs.state.shape[:-1]
+        images, masks = {}, {}
+        for key in self.config.image_keys:
+            image = obs.images[key]
+            if tuple(image.shape[1:3]) != self.config.image_resolution:
+                logger.info("Resizing image %s from %s to %s", key, image.shape[1:3], self.config.image_resolution)
+                image = resize_with_pad(image, *self.config.image_resolution)
+            images[key] = image
+            mask = obs.image_masks.get(key)
+            masks[key] = jnp.ones(batch_shape, dtype=jnp.bool_) if mask is None else jnp.asarray(mask)
+        return obs.replace(images=images, image_masks=masks)
+
+    def embed_prefix(self, obs: Observation) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Image tokens (in ``image_keys`` order) then prompt embeddings: ([B, P, D], valid bool[B, P], ar bool[P])."""
+        tokens, masks, ar = [], [], []
+        for key in self.config.image_keys:
+            image_tokens = self.PaliGemma.img(obs.images[key])
+            tokens.append(image_tokens)
+            masks.append(jnp.repeat(obs.image_masks[key][:, None], image_tokens.shape[1], axis=1))
+            ar += [False] * image_tokens.shape[1]
+        if obs.tokenized_prompt is not None:
+            text = self.PaliGemma.llm.embed(obs.tokenized_prompt)
+            tokens.append(text)
+            masks.append(obs.tokenized_prompt_mask)
+            ar += [False] * text.shape[1]
+        return jnp.concatenate(tokens, axis=1), jnp.concatenate(masks, axis=1), jnp.array(ar)
+
+    def embed_suffix(self, obs: Observation, noisy_actions: jax.Array, time: jax.Array):
+        """State token then action tokens mixed with the flow time: ([B, 1+H, D], valid, ar)."""
+        state_token = self.state_proj(obs.state)[:, None, :]
+        action_tokens = self.action_in_proj(noisy_actions)
+        time_emb = ops.posemb_sincos(time, self.action_in_proj.out_features, min_period=4e-3, max_period=4.0)
+        horizon = self.config.action_horizon
+        time_tokens = jnp.repeat(time_emb[:, None, :], horizon, axis=1)
+        mixed = jnp.concatenate([action_tokens, time_tokens], axis=-1)
+        mixed = self.action_time_mlp_out(jax.nn.swish(self.action_time_mlp_in(mixed)))
+        tokens = jnp.concatenate([state_token, mixed], axis=1)
+        mask = jnp.ones(tokens.shape[:2], dtype=jnp.bool_)
+        ar = jnp.array([True, True] + [False] * (horizon - 1))
+        return tokens, mask, ar
+
+    # ----------------------------------------------------------------------------------------------- prefix pass
+    def encode_prefix(
+        self,
+        obs: Observation,
+        *,
+        edit: ResidualEdit | None = None,
+        capture_positions: jax.Array | None = None,
+    ) -> tuple[PrefixCache, jax.Array | None]:
+        """Run the prefix once: returns its KV cache and, if asked, the residual stream entering each block at
+        ``capture_positions`` ([depth, B, P, D]). ``edit`` is written into the stream on the way."""
+        obs = self.preprocess(obs)
+        tokens, mask, ar = self.embed_prefix(obs)
+        attn_mask = ops.make_attn_mask(mask, ar)
+        positions = jnp.cumsum(mask, axis=1) - 1
+        _, kv, captured = self.PaliGemma.llm(
+            [tokens, None], positions, attn_mask, edit=edit, capture_positions=capture_positions
+        )
+        return PrefixCache(kv=kv, mask=mask), captured
+
+    def prefix_residuals(self, obs: Observation, positions, *, edit: ResidualEdit | None = None) -> jax.Array:
+        """Residual stream entering every block at prefix ``positions``: [depth, B, P, D]. No action expert runs."""
+        _, captured = self.encode_prefix(obs, edit=edit, capture_positions=jnp.asarray(positions, jnp.int32))
+        return captured
+
+    # ----------------------------------------------------------------------------------------------- suffix pass
+    def velocity(self, obs: Observation, cache: PrefixCache, x_t: jax.Array, time: jax.Array) -> jax.Array:
+        """Flow velocity v(x_t, t) from the action expert attending to the cached prefix. [B, H, action_dim]."""
+        suffix, suffix_mask, suffix_ar = self.embed_suffix(obs, x_t, time)
+        suffix_attn = ops.make_attn_mask(suffix_mask, suffix_ar)
+        prefix_attn = jnp.repeat(cache.mask[:, None, :], suffix.shape[1], axis=1)
+        full_mask = jnp.concatenate([prefix_attn, suffix_attn], axis=-1)
+        positions = jnp.sum(cache.mask, axis=-1)[:, None] + jnp.cumsum(suffix_mask, axis=-1) - 1
+        (_, suffix_out), _, _ = self.PaliGemma.llm([None, suffix], positions, full_mask, kv_cache=cache.kv)
+        return self.action_out_proj(suffix_out[:, -self.config.action_horizon :])
+
+    def sample_actions(
+        self,
+        rng: jax.Array | None,
+        obs: Observation,
+        *,
+        num_steps: int = 10,
+        noise: jax.Array | None = None,
+        edit: ResidualEdit | None = None,
+    ) -> jax.Array:
+        """Integrate the flow from noise (t=1) to actions (t=0) with ``num_steps`` Euler steps. [B, H, action_dim].
+
+        ``noise`` defaults to ``normal(rng, (B, H, action_dim))`` with ``rng`` used unsplit, as openpi does.
+        """
+        obs = self.preprocess(obs)
+        dt = -1.0 / num_steps
+        batch = obs.state.shape[0]
+        if noise is None:
+            if rng is None:
+                raise ValueError("sample_actions needs either rng or noise")
+            noise = jax.random.normal(rng, (batch, self.config.action_horizon, self.config.action_dim))
+        cache, _ = self.encode_prefix(obs, edit=edit)
+
+        def step(carry):
+            x_t, time = carry
+            v_t = self.velocity(obs, cache, x_t, jnp.broadcast_to(time, batch))
+            # dt * v_t stays in v_t's dtype (bf16 when serving) before it is added to the float32 x_t.
+            return x_t + dt * v_t, time + dt
+
+        # The time carry accumulates t + dt in float32 exactly as openpi (1.0, 0.9, 0.79999995, ...).
+        x_0, _ = jax.lax.while_loop(lambda c: c[1] >= -dt / 2, step, (noise, 1.0))
+        return x_0
+
+    # -------------------------------------------------------------------------------------------------- training
+    def compute_loss(self, rng: jax.Array, obs: Observation, actions: jax.Array, *, train: bool = False) -> jax.Array:
+        """Flow-matching loss per action step, [B, H]; ``rng`` is split as openpi splits it (same noise and time).
+
+        Image augmentation (openpi's ``train=True``) is not part of textlatent: ``train=True`` raises.
+        """
+        if train:
+            raise NotImplementedError(
+                "training-time image augmentation is not implemented; call compute_loss with train=False"
+            )
+        _preprocess_rng, noise_rng, time_rng = jax.random.split(rng, 3)
+        obs = self.preprocess(obs)
+        batch_shape = actions.shape[:-2]
+        noise = jax.random.normal(noise_rng, actions.shape)
+        time = jax.random.beta(time_rng, 1.5, 1, batch_shape) * 0.999 + 0.001
+        t = time[..., None, None]
+        x_t = t * noise + (1 - t) * actions
+        u_t = noise - actions
+
+        prefix, prefix_mask, prefix_ar = self.embed_prefix(obs)
+        suffix, suffix_mask, suffix_ar = self.embed_suffix(obs, x_t, time)
+        mask = jnp.concatenate([prefix_mask, suffix_mask], axis=1)
+        ar = jnp.concatenate([prefix_ar, suffix_ar], axis=0)
+        attn_mask = ops.make_attn_mask(mask, ar)
+        positions = jnp.cumsum(mask, axis=1) - 1
+        (_, suffix_out), _, _ = self.PaliGemma.llm([prefix, suffix], positions, attn_mask)
+        v_t = self.action_out_proj(suffix_out[:, -self.config.action_horizon :])
+        return jnp.mean(jnp.square(v_t - u_t), axis=-1)

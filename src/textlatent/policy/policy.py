@@ -1,0 +1,92 @@
+"""``Policy``: openpi-compatible inference (``infer(obs) -> {"actions", "policy_timing"}``) around a jitted π0."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from textlatent.model import Observation, Pi0, ResidualEdit
+from textlatent.policy.config import PolicyConfig
+from textlatent.policy.transforms import LiberoTransforms, ObservationError
+
+
+def _sample(graphdef, state, rng, obs, noise, edit, *, num_steps):
+    model = nnx.merge(graphdef, state)
+    return model.sample_actions(rng, obs, num_steps=num_steps, noise=noise, edit=edit)
+
+
+class Policy:
+    """A π0 policy: request dicts in, action chunks out. Single requests and batches (leading batch axis on every
+    array, a list of prompts) are both accepted; a batch of B returns actions [B, H, action_dims]."""
+
+    def __init__(
+        self,
+        model: Pi0,
+        config: PolicyConfig,
+        transforms: LiberoTransforms,
+        *,
+        rng: jax.Array | None = None,
+        metadata: dict[str, Any] | None = None,
+    ):
+        self.model = model
+        self.config = config
+        self.transforms = transforms
+        self.metadata = dict(metadata or {})
+        self._rng = jax.random.key(0) if rng is None else rng
+        # The module is split once; its state is passed as an argument so that jit does not capture the weights.
+        self._graphdef, self._state = nnx.split(model)
+        self._sample = jax.jit(_sample, static_argnums=(0,), static_argnames=("num_steps",))
+
+    def prepare(self, obs: dict) -> tuple[Observation, np.ndarray, bool]:
+        """Validate and transform a request: (model observation, float32 normalized state [B, 32], batched?)."""
+        inputs = self.transforms.inputs(obs)
+        batched = inputs.pop("batched")
+        state = inputs["state"]
+        return Observation.from_dict(inputs), state, batched
+
+    def infer(self, obs: dict, *, noise: np.ndarray | None = None, edit: ResidualEdit | None = None) -> dict:
+        """Actions for one request (``actions`` [H, 7] float64) or a batch ([B, H, 7]).
+
+        ``noise`` ([H, 32], [1, H, 32] or [B, H, 32]) fixes the flow's starting point; otherwise it is drawn from the
+        policy's key, split once per call as openpi does. ``edit`` writes into the prefix residual stream.
+        """
+        start = time.monotonic()
+        observation, state, batched = self.prepare(obs)
+        batch = state.shape[0]
+        self._rng, sample_rng = jax.random.split(self._rng)
+        if noise is not None:
+            noise = self._check_noise(noise, batch)
+        model_start = time.monotonic()
+        actions = self._sample(
+            self._graphdef, self._state, sample_rng, observation, noise, edit, num_steps=self.config.num_steps
+        )
+        actions = np.asarray(jax.device_get(actions))  # waits for the device: the timing below is the real one
+        model_ms = (time.monotonic() - model_start) * 1000
+        robot_actions = self.transforms.outputs(actions, state)
+        return {
+            "actions": robot_actions if batched else robot_actions[0],
+            "policy_timing": {"infer_ms": model_ms, "total_ms": (time.monotonic() - start) * 1000},
+        }
+
+    def _check_noise(self, noise, batch: int) -> jax.Array:
+        noise = np.asarray(noise)
+        horizon, dim = self.model.config.action_horizon, self.model.config.action_dim
+        if noise.ndim == 2:
+            noise = noise[None]
+        if noise.shape not in ((batch, horizon, dim), (1, horizon, dim)) or not np.issubdtype(noise.dtype, np.floating):
+            raise ObservationError(
+                f"noise must be float [{horizon}, {dim}] or [{batch}, {horizon}, {dim}], got {noise.dtype} {noise.shape}"
+            )
+        if noise.shape[0] != batch:
+            noise = np.broadcast_to(noise, (batch, horizon, dim))
+        return jnp.asarray(noise, jnp.float32)
+
+    def with_config(self, **changes) -> Policy:
+        """The same weights under changed policy fields (e.g. ``num_steps``)."""
+        return Policy(self.model, dataclasses.replace(self.config, **changes), self.transforms, metadata=self.metadata)
