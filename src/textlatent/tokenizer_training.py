@@ -45,6 +45,7 @@ def train_tokenizer(path: str | pathlib.Path, sentences: list[str] | None = None
         user_defined_symbols=["\n"],
         normalization_rule_name="identity",
         remove_extra_whitespaces=False,
+        add_dummy_prefix=False,  # as in Gemma's tokenizer, a lone newline is one piece
         hard_vocab_limit=False,
         minloglevel=2,
     )

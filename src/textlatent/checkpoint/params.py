@@ -83,7 +83,7 @@ def save_params(params_dir: str | pathlib.Path, params: Params) -> pathlib.Path:
 def model_param_shapes(config: Pi0Config) -> dict[str, jax.ShapeDtypeStruct]:
     """The leaves a model with ``config`` has, without allocating it."""
     abstract = nnx.eval_shape(lambda: Pi0(config, nnx.Rngs(0)))
-    return _flat(nnx.state(abstract, nnx.Param).to_pure_dict())
+    return _flat(nnx.to_pure_dict(nnx.state(abstract, nnx.Param)))
 
 
 def check_tree(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], *, where: str) -> None:
@@ -145,15 +145,15 @@ def model_from_params(config: Pi0Config, params: Params) -> Pi0:
     """Put a pure-dict parameter tree into a model (shapes are checked; dtypes are kept as given)."""
     abstract = nnx.eval_shape(lambda: Pi0(config, nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
-    expected = _flat(state.to_pure_dict())
+    expected = _flat(nnx.to_pure_dict(state))
     check_tree(
         {k: v.shape for k, v in expected.items()}, {k: tuple(np.shape(v)) for k, v in _flat(params).items()},
         where="the given parameter tree",
     )
-    state.replace_by_pure_dict(params)
+    nnx.replace_by_pure_dict(state, params)
     return nnx.merge(graphdef, state)
 
 
 def model_params(model: Pi0) -> Params:
     """The pure-dict parameter tree of a model, as stored in checkpoints."""
-    return nnx.state(model, nnx.Param).to_pure_dict()
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))

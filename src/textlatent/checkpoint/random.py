@@ -17,16 +17,18 @@ def random_model(config: Pi0Config, seed: int = 0, *, scale_norms: float = 0.1) 
     """``Pi0(config)`` with random weights; norm scales and biases are made non-zero too (openpi zero-initialises
     them), so that every parameter influences the output."""
     model = Pi0(config, nnx.Rngs(seed))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+    perturbed = [
+        value + scale_norms * jax.random.normal(key, value.shape, value.dtype)
+        if str(path[-1].key) in ("scale", "bias")
+        else value
+        for (path, value), key in zip(leaves, keys, strict=True)
+    ]
     state = nnx.state(model, nnx.Param)
-    flat = state.flat_state()
-    key = jax.random.key(seed + 1)
-    for path, var in flat:
-        name = path[-1]
-        if name in ("scale", "bias") or "LayerNorm" in str(path):
-            key, sub = jax.random.split(key)
-            value = var.value
-            var.value = (value + scale_norms * jax.random.normal(sub, value.shape)).astype(value.dtype)
-    nnx.update(model, nnx.State.from_flat_path(flat))
+    nnx.replace_by_pure_dict(state, jax.tree_util.tree_unflatten(treedef, perturbed))
+    nnx.update(model, state)
     return model
 
 

@@ -207,9 +207,9 @@ class Gemma(nnx.Module):
             raise ValueError("residual edits and captures apply to the PaliGemma (prefix) stream, which is not run")
         if edit is not None:
             edit.validate(self.depth, xs[0].shape[1], self.configs[0].width)
-            if edit.replace is not None:
+            if edit.replace_embeddings is not None:
                 xs[0] = xs[0].at[:, edit.positions].set(
-                    jnp.broadcast_to(edit.replace.astype(xs[0].dtype), (xs[0].shape[0], *edit.replace.shape[1:]))
+                    jnp.broadcast_to(edit.replace_embeddings.astype(xs[0].dtype), (xs[0].shape[0], *edit.replace_embeddings.shape[1:]))
                 )
         delta = None if edit is None else edit.delta
         mask = jnp.asarray(mask)[:, None, :, :]

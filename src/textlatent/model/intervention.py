@@ -25,13 +25,13 @@ class ResidualEdit:
       delta: float[L, B|1, K, D] or None. ``delta[l]`` is added to the residual stream entering block ``l`` at
         ``positions`` (after the layer-0 replacement, for l = 0). Additions accumulate through the stream, exactly
         like the paper's ``hidden_states_to_add``.
-      replace: float[B|1, K, D] or None. Replaces the block-0 input (the token embeddings) at ``positions`` — the
+      replace_embeddings: float[B|1, K, D] or None. Replaces the block-0 input (the token embeddings) at ``positions`` — the
         paper's TEI branch.
     """
 
     positions: jax.Array
     delta: jax.Array | None = None
-    replace: jax.Array | None = None
+    replace_embeddings: jax.Array | None = None
 
     def validate(self, depth: int, prefix_len: int, width: int) -> None:
         """Check static shapes (called at trace time, so a bad edit fails before any compute)."""
@@ -40,8 +40,8 @@ class ResidualEdit:
         if not jnp.issubdtype(self.positions.dtype, jnp.integer):
             raise ValueError(f"ResidualEdit.positions must be integer, got {self.positions.dtype}")
         k = self.positions.shape[0]
-        if self.delta is None and self.replace is None:
-            raise ValueError("ResidualEdit needs a delta, a replace, or both")
+        if self.delta is None and self.replace_embeddings is None:
+            raise ValueError("ResidualEdit needs a delta, replace_embeddings, or both")
         if self.delta is not None and (
             self.delta.ndim != 4 or self.delta.shape[0] != depth or self.delta.shape[2:] != (k, width)
         ):
@@ -49,8 +49,8 @@ class ResidualEdit:
                 f"ResidualEdit.delta must have shape (depth={depth}, batch or 1, K={k}, width={width}), "
                 f"got {self.delta.shape}"
             )
-        if self.replace is not None and (self.replace.ndim != 3 or self.replace.shape[1:] != (k, width)):
+        if self.replace_embeddings is not None and (self.replace_embeddings.ndim != 3 or self.replace_embeddings.shape[1:] != (k, width)):
             raise ValueError(
-                f"ResidualEdit.replace must have shape (batch or 1, K={k}, width={width}), got {self.replace.shape}"
+                f"ResidualEdit.replace_embeddings must have shape (batch or 1, K={k}, width={width}), got {self.replace_embeddings.shape}"
             )
         del prefix_len  # positions are traced values; range checks belong to the caller that builds them

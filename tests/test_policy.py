@@ -1,0 +1,148 @@
+"""load_policy end to end on a written checkpoint: transforms as openpi, batching, clear errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import textlatent
+from tests.conftest import TINY
+from textlatent.checkpoint import model_params, write_checkpoint
+from textlatent.checkpoint.random import random_norm_stats
+from textlatent.policy import ObservationError, get_config
+
+OVERRIDES = {k: v for k, v in TINY.items() if k not in ("action_dim",)}
+OVERRIDES["action_dim"] = 32  # the LIBERO transforms pad to the model's 32 dims as openpi does
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from textlatent.checkpoint.random import random_model
+
+    config = get_config("pi0_libero", **OVERRIDES)
+    model = random_model(config.model, seed=11)
+    path = tmp_path_factory.mktemp("ckpt") / "pi0_tiny"
+    stats = random_norm_stats(8, 7, seed=5)
+    write_checkpoint(path, model_params(model), stats=stats, asset_id=config.asset_id)
+    return path, stats
+
+
+@pytest.fixture(scope="module")
+def policy(checkpoint, tokenizer_path):
+    return textlatent.load_policy("pi0_libero", checkpoint[0], tokenizer=str(tokenizer_path), **OVERRIDES)
+
+
+def libero_obs(seed=0, size=56, prompt="put the bowl on the plate"):
+    rng = np.random.default_rng(seed)
+    return {
+        "observation/image": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+        "observation/wrist_image": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+        "observation/state": rng.normal(size=8),
+        "prompt": prompt,
+    }
+
+
+def test_actions_follow_openpi_output_transforms(policy, checkpoint):
+    _, stats = checkpoint
+    obs = libero_obs()
+    noise = np.random.default_rng(1).normal(size=(6, 32)).astype(np.float32)
+    out = policy.infer(obs, noise=noise)
+    assert out["actions"].shape == (6, 7) and out["actions"].dtype == np.float64
+    assert out["policy_timing"]["infer_ms"] > 0
+    # Recompute independently: normalized state → model → unnormalize → add round-tripped state to dims 0-5.
+    observation, model_state, _ = policy.prepare(obs)
+    s_mean, s_std = stats["state"].mean, stats["state"].std
+    expected_state = ((obs["observation/state"] - s_mean) / (s_std + 1e-6)).astype(np.float32)
+    np.testing.assert_array_equal(model_state[0, :8], expected_state)
+    assert not model_state[0, 8:].any()
+    raw = np.asarray(policy.model.sample_actions(None, observation, noise=jnp.asarray(noise)[None]))[0]
+    a_mean, a_std = stats["actions"].mean, stats["actions"].std
+    actions = raw[:, :7] * (a_std + 1e-6) + a_mean
+    state = expected_state.astype(np.float64) * (s_std + 1e-6) + s_mean
+    actions[:, :6] += state[:6]
+    np.testing.assert_allclose(out["actions"], actions, rtol=1e-5, atol=1e-5)
+
+
+def test_images_are_uint8_masked_third_camera_and_tokens(policy):
+    observation, _, batched = policy.prepare(libero_obs())
+    assert not batched
+    base, left, right = (observation.images[k] for k in policy.model.config.image_keys)
+    assert base.dtype == np.float32 and base.min() >= -1 and base.max() <= 1
+    assert np.all(right == -1.0)
+    assert [bool(observation.image_masks[k][0]) for k in policy.model.config.image_keys] == [True, True, False]
+    assert observation.tokenized_prompt[0, 0] == 2
+
+
+def test_float_and_channels_first_images_are_parsed_like_openpi(policy):
+    obs = libero_obs()
+    as_float = dict(obs, **{"observation/image": obs["observation/image"] / 255.0})
+    chw = dict(obs, **{"observation/wrist_image": np.moveaxis(obs["observation/wrist_image"], -1, 0)})
+    a, _, _ = policy.prepare(obs)
+    b, _, _ = policy.prepare(as_float)
+    c, _, _ = policy.prepare(chw)
+    key0, key1 = policy.model.config.image_keys[:2]
+    # float images are truncated to uint8, as openpi's (255 * x).astype(uint8)
+    expected = ((obs["observation/image"] / 255.0) * 255).astype(np.uint8).astype(np.float32) / 255.0 * 2.0 - 1.0
+    np.testing.assert_array_equal(b.images[key0][0], expected)
+    np.testing.assert_array_equal(c.images[key1], a.images[key1])
+
+
+def test_larger_images_are_resized_with_padding(policy):
+    observation, _, _ = policy.prepare(libero_obs(size=80))
+    assert observation.images[policy.model.config.image_keys[0]].shape == (1, 56, 56, 3)
+
+
+def test_batch_equals_single_requests(policy):
+    obs = [libero_obs(seed=i, prompt=p) for i, p in enumerate(["put the bowl on the plate", "turn on the stove"])]
+    noise = np.random.default_rng(2).normal(size=(2, 6, 32)).astype(np.float32)
+    batch = {k: np.stack([o[k] for o in obs]) for k in obs[0] if k != "prompt"}
+    batch["prompt"] = [o["prompt"] for o in obs]
+    out = policy.infer(batch, noise=noise)["actions"]
+    assert out.shape == (2, 6, 7)
+    for i in range(2):
+        np.testing.assert_allclose(policy.infer(obs[i], noise=noise[i])["actions"], out[i], rtol=1e-5, atol=1e-5)
+
+
+def test_rng_is_split_per_call_like_openpi(policy, checkpoint, tokenizer_path):
+    fresh = textlatent.load_policy("pi0_libero", checkpoint[0], tokenizer=str(tokenizer_path), **OVERRIDES)
+    obs = libero_obs()
+    first, second = fresh.infer(obs)["actions"], fresh.infer(obs)["actions"]
+    assert not np.allclose(first, second)
+    _, key = jax.random.split(jax.random.key(0))
+    observation, _, _ = fresh.prepare(obs)
+    noise = jax.random.normal(key, (1, 6, 32))
+    np.testing.assert_allclose(first, fresh.infer(obs, noise=np.asarray(noise))["actions"], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda o: o.pop("observation/state"), "lacks"),
+        (lambda o: o.update({"observation/state": np.ones(7)}), "8 values"),
+        (lambda o: o.update({"observation/state": np.array([np.nan] * 8)}), "NaN"),
+        (lambda o: o.update({"observation/state": np.array(["a"] * 8)}), "numeric"),
+        (lambda o: o.update({"prompt": "   "}), "empty"),
+        (lambda o: o.pop("prompt"), "no 'prompt'"),
+        (lambda o: o.update({"prompt": 3}), "must be a string"),
+        (lambda o: o.update({"observation/image": np.zeros((56, 56), np.uint8)}), "shape"),
+        (lambda o: o.update({"observation/image": np.zeros((56, 56, 4), np.uint8)}), "3 colour channels"),
+        (lambda o: o.update({"observation/image": np.zeros((56, 56, 3), np.int64)}), "uint8"),
+        (lambda o: o.update({"observation/wrist_image": np.full((56, 56, 3), np.inf)}), "NaN or inf"),
+    ],
+)
+def test_bad_observations_raise_clear_errors(policy, change, message):
+    obs = libero_obs()
+    change(obs)
+    with pytest.raises(ObservationError, match=message):
+        policy.infer(obs)
+
+
+def test_bad_noise_and_config(policy, checkpoint, tokenizer_path):
+    with pytest.raises(ObservationError, match="noise must be"):
+        policy.infer(libero_obs(), noise=np.zeros((5, 32)))
+    with pytest.raises(ValueError, match="unknown config override"):
+        textlatent.load_policy("pi0_libero", checkpoint[0], tokenizer=str(tokenizer_path), paligemma="dummy")
+    with pytest.raises(ValueError, match="unknown config 'pi0_nope'"):
+        textlatent.load_policy("pi0_nope", checkpoint[0])
+    with pytest.raises(FileNotFoundError, match="norm stats for asset_id 'x/y'"):
+        textlatent.load_policy("pi0_libero", checkpoint[0], tokenizer=str(tokenizer_path), asset_id="x/y", **OVERRIDES)
