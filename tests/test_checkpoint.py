@@ -4,6 +4,7 @@ import http.server
 import json
 import pathlib
 import threading
+import typing
 import urllib.parse
 
 import jax
@@ -111,8 +112,8 @@ def test_norm_stats_round_trip_and_errors(tmp_path):
 class _FakeGCS(http.server.BaseHTTPRequestHandler):
     """Serves the two GCS endpoints the downloader uses (object listing and media) from a dict."""
 
-    objects: dict[str, bytes] = {}
-    requests: list[str] = []
+    objects: typing.ClassVar[dict[str, bytes]] = {}
+    requests: typing.ClassVar[list[str]] = []
 
     def do_GET(self):
         url = urllib.parse.urlparse(self.path)

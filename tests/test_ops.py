@@ -19,7 +19,9 @@ RNG = np.random.default_rng(1234)
 def test_rms_norm_float32_matches_reference():
     x = RNG.normal(size=(3, 5, 64)).astype(np.float32) * 3
     scale = RNG.normal(size=64).astype(np.float32)
-    np.testing.assert_allclose(ops.rms_norm(jnp.asarray(x), jnp.asarray(scale)), ref.rms_norm(x, scale), rtol=2e-6, atol=2e-6)
+    np.testing.assert_allclose(
+        ops.rms_norm(jnp.asarray(x), jnp.asarray(scale)), ref.rms_norm(x, scale), rtol=2e-6, atol=2e-6
+    )
 
 
 def test_rms_norm_bf16_rounds_one_plus_scale_in_param_dtype():
@@ -91,7 +93,9 @@ def test_joint_attention_matches_reference(with_cache):
         np.testing.assert_allclose(out[1], expected[1], rtol=1e-4, atol=1e-5)
     else:
         # Stream 0 alone fills the cache; stream 1 then attends to it: same stream-1 output as the joint pass.
-        _, kv = layer([jnp.asarray(x0), None], jnp.asarray(positions[:, :t0]), jnp.asarray(mask[:, None, :t0, :t0]), None)
+        _, kv = layer(
+            [jnp.asarray(x0), None], jnp.asarray(positions[:, :t0]), jnp.asarray(mask[:, None, :t0, :t0]), None
+        )
         out, _ = layer([None, jnp.asarray(x1)], jnp.asarray(positions[:, t0:]), jnp.asarray(mask[:, None, t0:, :]), kv)
         assert out[0] is None
         np.testing.assert_allclose(out[1], expected[1], rtol=1e-4, atol=1e-5)

@@ -34,8 +34,11 @@ def test_prefix_residuals_match_numpy_forward(f32_model):
     text = table[np.asarray(obs.tokenized_prompt)] * math.sqrt(table.shape[1])
     x = np.concatenate([*images, text], axis=1)
     n_img = config.tokens_per_image
-    valid = np.concatenate([np.repeat(np.asarray(obs.image_masks[k])[:, None], n_img, 1) for k in config.image_keys]
-                           + [np.asarray(obs.tokenized_prompt_mask)], axis=1)
+    valid = np.concatenate(
+        [np.repeat(np.asarray(obs.image_masks[k])[:, None], n_img, 1) for k in config.image_keys]
+        + [np.asarray(obs.tokenized_prompt_mask)],
+        axis=1,
+    )
     mask = ref.attn_mask(valid, np.zeros(valid.shape[1], bool))
     positions = np.cumsum(valid, 1) - 1
     layers = ref.gemma_layers_from_params(p["PaliGemma"]["llm"], config.paligemma.depth, streams=1)
@@ -126,7 +129,9 @@ def test_zero_edit_is_bit_identical_to_none(bf16_model):
     obs = make_observation(config, seed=7)
     noise = jax.random.normal(jax.random.key(4), (2, config.action_horizon, config.action_dim))
     slots = np.arange(4)
-    zero = _text_edit(model, slots, delta=jnp.zeros((config.paligemma.depth, 1, 4, config.paligemma.width), jnp.bfloat16))
+    zero = _text_edit(
+        model, slots, delta=jnp.zeros((config.paligemma.depth, 1, 4, config.paligemma.width), jnp.bfloat16)
+    )
     plain = jax.jit(lambda o, n: model.sample_actions(None, o, noise=n))(obs, noise)
     edited = jax.jit(lambda o, n, e: model.sample_actions(None, o, noise=n, edit=e))(obs, noise, zero)
     np.testing.assert_array_equal(np.asarray(plain), np.asarray(edited))

@@ -66,7 +66,7 @@ def test_actions_follow_openpi_output_transforms(policy, checkpoint):
 def test_images_are_uint8_masked_third_camera_and_tokens(policy):
     observation, _, batched = policy.prepare(libero_obs())
     assert not batched
-    base, left, right = (observation.images[k] for k in policy.model.config.image_keys)
+    base, _, right = (observation.images[k] for k in policy.model.config.image_keys)
     assert base.dtype == np.float32 and base.min() >= -1 and base.max() <= 1
     assert np.all(right == -1.0)
     assert [bool(observation.image_masks[k][0]) for k in policy.model.config.image_keys] == [True, True, False]
@@ -109,7 +109,6 @@ def test_rng_is_split_per_call_like_openpi(policy, checkpoint, tokenizer_path):
     first, second = fresh.infer(obs)["actions"], fresh.infer(obs)["actions"]
     assert not np.allclose(first, second)
     _, key = jax.random.split(jax.random.key(0))
-    observation, _, _ = fresh.prepare(obs)
     noise = jax.random.normal(key, (1, 6, 32))
     np.testing.assert_allclose(first, fresh.infer(obs, noise=np.asarray(noise))["actions"], rtol=1e-6, atol=1e-6)
 

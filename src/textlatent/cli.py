@@ -78,8 +78,10 @@ class Demo:
         print("first step:", np.array2string(actions[0], precision=4, suppress_small=True))
         print("last step: ", np.array2string(actions[-1], precision=4, suppress_small=True))
         if times:
-            print(f"latency: first call {first * 1000:.0f} ms (compiles), then median {np.median(times):.1f} ms "
-                  f"over {len(times)} calls ({self.dtype}, CPU/GPU as JAX found it)")
+            print(
+                f"latency: first call {first * 1000:.0f} ms (compiles), then median {np.median(times):.1f} ms "
+                f"over {len(times)} calls ({self.dtype}, CPU/GPU as JAX found it)"
+            )
 
 
 @dataclasses.dataclass
@@ -116,4 +118,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-

@@ -27,7 +27,9 @@ DEMO_SENTENCES = [
 ]
 
 
-def train_tokenizer(path: str | pathlib.Path, sentences: list[str] | None = None, *, vocab_size: int = 200) -> pathlib.Path:
+def train_tokenizer(
+    path: str | pathlib.Path, sentences: list[str] | None = None, *, vocab_size: int = 200
+) -> pathlib.Path:
     """Write a SentencePiece model whose special ids are PaliGemma's (pad 0, eos 1, bos 2, unk 3) and in which
     ``"\\n"`` is a single piece, like the real tokenizer."""
     lines = list(sentences or DEMO_SENTENCES)

@@ -49,7 +49,11 @@ def load_norm_stats(checkpoint_dir: str | pathlib.Path, asset_id: str) -> dict[s
     path = pathlib.Path(checkpoint_dir) / "assets" / asset_id / "norm_stats.json"
     if not path.exists():
         assets = pathlib.Path(checkpoint_dir) / "assets"
-        found = sorted(str(p.parent.relative_to(assets)) for p in assets.rglob("norm_stats.json")) if assets.exists() else []
+        found = (
+            sorted(str(p.parent.relative_to(assets)) for p in assets.rglob("norm_stats.json"))
+            if assets.exists()
+            else []
+        )
         raise FileNotFoundError(
             f"norm stats for asset_id {asset_id!r} not found at {path}"
             + (f"; the checkpoint has them for {found} (pass asset_id=...)" if found else "")

@@ -54,7 +54,9 @@ def _resolve_gcs(url: str, *, force: bool) -> pathlib.Path:
     if not objects:
         raise FileNotFoundError(f"nothing found at {url} (anonymous access); check the path")
     if len(objects) == 1 and objects[0][0] == prefix:  # a single file
-        _download_files(bucket, [(prefix, objects[0][1])], local.parent, strip=str(pathlib.PurePosixPath(prefix).parent))
+        _download_files(
+            bucket, [(prefix, objects[0][1])], local.parent, strip=str(pathlib.PurePosixPath(prefix).parent)
+        )
         return local
     files = [(name, size) for name, size in objects if not name.endswith("/")]
     _download_files(bucket, files, local, strip=prefix)
@@ -157,4 +159,3 @@ def _is_complete(path: pathlib.Path) -> bool:
 
 def _mark_complete(path: pathlib.Path) -> None:
     (path / _COMPLETE_MARK).write_text("ok\n")
-

@@ -147,7 +147,8 @@ def model_from_params(config: Pi0Config, params: Params) -> Pi0:
     graphdef, state = nnx.split(abstract)
     expected = _flat(nnx.to_pure_dict(state))
     check_tree(
-        {k: v.shape for k, v in expected.items()}, {k: tuple(np.shape(v)) for k, v in _flat(params).items()},
+        {k: v.shape for k, v in expected.items()},
+        {k: tuple(np.shape(v)) for k, v in _flat(params).items()},
         where="the given parameter tree",
     )
     nnx.replace_by_pure_dict(state, params)

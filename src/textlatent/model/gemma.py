@@ -52,7 +52,9 @@ class FeedForward(nnx.Module):
         self.gating_einsum = nnx.Param(
             _init_lecun(in_axis=-2, out_axis=-1, batch_axis=(0, 1))(rngs.params(), (depth, 2, width, hidden))
         )
-        self.linear = nnx.Param(_init_lecun(in_axis=-2, out_axis=-1, batch_axis=(0,))(rngs.params(), (depth, hidden, width)))
+        self.linear = nnx.Param(
+            _init_lecun(in_axis=-2, out_axis=-1, batch_axis=(0,))(rngs.params(), (depth, hidden, width))
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         gating = self.gating_einsum[...]
@@ -208,8 +210,15 @@ class Gemma(nnx.Module):
         if edit is not None:
             edit.validate(self.depth, xs[0].shape[1], self.configs[0].width)
             if edit.replace_embeddings is not None:
-                xs[0] = xs[0].at[:, edit.positions].set(
-                    jnp.broadcast_to(edit.replace_embeddings.astype(xs[0].dtype), (xs[0].shape[0], *edit.replace_embeddings.shape[1:]))
+                xs[0] = (
+                    xs[0]
+                    .at[:, edit.positions]
+                    .set(
+                        jnp.broadcast_to(
+                            edit.replace_embeddings.astype(xs[0].dtype),
+                            (xs[0].shape[0], *edit.replace_embeddings.shape[1:]),
+                        )
+                    )
                 )
         delta = None if edit is None else edit.delta
         mask = jnp.asarray(mask)[:, None, :, :]

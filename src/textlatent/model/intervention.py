@@ -49,7 +49,9 @@ class ResidualEdit:
                 f"ResidualEdit.delta must have shape (depth={depth}, batch or 1, K={k}, width={width}), "
                 f"got {self.delta.shape}"
             )
-        if self.replace_embeddings is not None and (self.replace_embeddings.ndim != 3 or self.replace_embeddings.shape[1:] != (k, width)):
+        if self.replace_embeddings is not None and (
+            self.replace_embeddings.ndim != 3 or self.replace_embeddings.shape[1:] != (k, width)
+        ):
             raise ValueError(
                 f"ResidualEdit.replace_embeddings must have shape (batch or 1, K={k}, width={width}), got {self.replace_embeddings.shape}"
             )

@@ -92,7 +92,9 @@ def _prompts(obs: dict, batch: int | None, default: str | None) -> list[str]:
         if not isinstance(item, str):
             raise ObservationError(f"{PROMPT_KEY!r} must be a string, got {type(item).__name__}")
         if not item.strip().replace("_", ""):
-            raise ObservationError(f"{PROMPT_KEY!r} is empty; send the task instruction, e.g. 'put the bowl on the plate'")
+            raise ObservationError(
+                f"{PROMPT_KEY!r} is empty; send the task instruction, e.g. 'put the bowl on the plate'"
+            )
         out.append(item)
     return out
 
@@ -129,7 +131,9 @@ class LiberoTransforms:
             )
         state = np.asarray(obs[STATE_KEY])
         if state.ndim not in (1, 2):
-            raise ObservationError(f"{STATE_KEY} must have shape [{self.state_dims}] or [batch, {self.state_dims}], got {state.shape}")
+            raise ObservationError(
+                f"{STATE_KEY} must have shape [{self.state_dims}] or [batch, {self.state_dims}], got {state.shape}"
+            )
         return state.ndim == 2
 
     def inputs(self, obs: dict) -> dict:
@@ -139,7 +143,9 @@ class LiberoTransforms:
         if not (np.issubdtype(state.dtype, np.floating) or np.issubdtype(state.dtype, np.integer)):
             raise ObservationError(f"{STATE_KEY} must be numeric, got dtype {state.dtype}")
         if state.shape[-1] != self.state_dims:
-            raise ObservationError(f"{STATE_KEY} must have {self.state_dims} values (eef pos 3, axis-angle 3, gripper 2), got {state.shape[-1]}")
+            raise ObservationError(
+                f"{STATE_KEY} must have {self.state_dims} values (eef pos 3, axis-angle 3, gripper 2), got {state.shape[-1]}"
+            )
         if not np.all(np.isfinite(state)):
             raise ObservationError(f"{STATE_KEY} contains NaN or inf: {state}")
         batch = state.shape[0] if batched else None
@@ -196,4 +202,3 @@ def _unnormalize(x: np.ndarray, stats: NormStats) -> np.ndarray:
     d = x.shape[-1]
     mean, std = _pad(stats.mean, d, 0.0)[:d], _pad(stats.std, d, 1.0)[:d]
     return x * (std + 1e-6) + mean
-
