@@ -82,7 +82,8 @@ def test_float_and_channels_first_images_are_parsed_like_openpi(policy):
     c, _, _ = policy.prepare(chw)
     key0, key1 = policy.model.config.image_keys[:2]
     # float images are truncated to uint8, as openpi's (255 * x).astype(uint8)
-    expected = ((obs["observation/image"] / 255.0) * 255).astype(np.uint8).astype(np.float32) / 255.0 * 2.0 - 1.0
+    truncated = ((obs["observation/image"] / 255.0) * 255).astype(np.uint8)
+    expected = np.asarray(jnp.asarray(truncated).astype(jnp.float32) / 255.0 * 2.0 - 1.0)
     np.testing.assert_array_equal(b.images[key0][0], expected)
     np.testing.assert_array_equal(c.images[key1], a.images[key1])
 

@@ -36,8 +36,9 @@ class Observation:
         images = {}
         for key, image in data["image"].items():
             if image.dtype == np.uint8:
-                # Same operation order as openpi: /255 then *2 then -1, in float32.
-                image = image.astype(np.float32) / 255.0 * 2.0 - 1.0
+                # As openpi: eager JAX ops, /255 then *2 then -1 in float32. (NumPy rounds x/255 differently from
+                # XLA, which would move bf16 results by an ulp.)
+                image = jnp.asarray(image).astype(jnp.float32) / 255.0 * 2.0 - 1.0
             images[key] = image
         return cls(
             images=images,
