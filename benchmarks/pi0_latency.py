@@ -39,7 +39,9 @@ def random_params(config: Pi0Config, dtype, seed: int = 0):
         fan_in = like.shape[-2] if like.ndim >= 2 else like.shape[-1]
         return (jax.random.normal(key, like.shape, jnp.float32) / np.sqrt(fan_in)).astype(dtype)
 
-    return jax.tree_util.tree_unflatten(treedef, [make(k, jnp.zeros(x.shape, jnp.bfloat16)) for k, x in zip(keys, leaves)])
+    return jax.tree_util.tree_unflatten(
+        treedef, [make(k, jnp.zeros(x.shape, jnp.bfloat16)) for k, x in zip(keys, leaves, strict=True)]
+    )
 
 
 def libero_observation(config: Pi0Config, batch: int, prompt_len: int = 12) -> Observation:
@@ -108,7 +110,9 @@ def main() -> None:
     obs = libero_observation(bf16_config, 1)
     noise = jax.random.normal(jax.random.key(1), (1, bf16_config.action_horizon, bf16_config.action_dim))
     a16 = np.asarray(sample(state, obs, noise))
-    a32 = np.asarray(jax.jit(lambda s, o, n: nnx.merge(f32_graphdef, s).sample_actions(None, o, noise=n))(f32_state, obs, noise))
+    a32 = np.asarray(
+        jax.jit(lambda s, o, n: nnx.merge(f32_graphdef, s).sample_actions(None, o, noise=n))(f32_state, obs, noise)
+    )
     rel = float(np.linalg.norm(a16 - a32) / np.linalg.norm(a32))
 
     device = jax.devices()[0].device_kind
