@@ -17,6 +17,7 @@ actions for fixed noise, ``compute_loss`` with key 123, ``sample_actions`` with 
 Only modules unused on this path (PyTorch port, downloads, FAST tokenizer) are stubbed.
 """
 
+import os
 import pathlib
 import sys
 import time
@@ -24,7 +25,8 @@ import types
 
 import numpy as np
 
-ROOT = pathlib.Path(__file__).parent
+# The reference folder: where tok.model is read and ckpt/ and the .npz files are written.
+ROOT = pathlib.Path(os.environ.get("OPENPI_REFERENCE_DIR", pathlib.Path(__file__).parent))
 # Stub imports only used by the PyTorch port / downloads.
 torch = types.ModuleType("torch")
 torch.uint8 = object()
@@ -51,6 +53,9 @@ sys.modules.update({"openpi.models.utils": utils, "openpi.models.utils.fsq_token
 dl = types.ModuleType("openpi.shared.download")
 dl.maybe_download = lambda url, **kw: ROOT / "tok.model"
 sys.modules["openpi.shared.download"] = dl
+import openpi.shared
+
+openpi.shared.download = dl
 
 import jax
 import jax.numpy as jnp
@@ -94,11 +99,11 @@ def make_checkpoint():
     _normalize.save(CKPT / "assets" / ASSET, {"state": st(8), "actions": st(7)})
 
 
-def make_policy(dtype):
+def make_policy(dtype, restore=None):
+    """openpi's model (restored with ``restore``, default openpi's own) and its ``pi0_libero`` inference pipeline."""
     config = pi0_config.Pi0Config(dtype=dtype, paligemma_variant="dummy", action_expert_variant="dummy")
-    model = config.load(
-        _model.restore_params(CKPT / "params", dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
-    )
+    restore = restore or _model.restore_params
+    model = config.load(restore(CKPT / "params", dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32))
     norm = _normalize.load(CKPT / "assets" / ASSET)
     inputs = [
         T.InjectDefaultPrompt(None),

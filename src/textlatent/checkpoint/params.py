@@ -80,10 +80,13 @@ def save_params(params_dir: str | pathlib.Path, params: Params) -> pathlib.Path:
     return params_dir
 
 
-def model_param_shapes(config: Pi0Config) -> dict[str, jax.ShapeDtypeStruct]:
-    """The leaves a model with ``config`` has, without allocating it."""
-    abstract = nnx.eval_shape(lambda: Pi0(config, nnx.Rngs(0)))
-    return _flat(nnx.to_pure_dict(nnx.state(abstract, nnx.Param)))
+def _abstract_model(config: Pi0Config):
+    """(graphdef, parameter state of shape structs) of ``Pi0(config)``, without allocating weights."""
+    return nnx.split(nnx.eval_shape(lambda: Pi0(config, nnx.Rngs(0))))
+
+
+def _shapes(tree: dict) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(np.shape(v)) for k, v in _flat(tree).items()}
 
 
 def check_tree(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], *, where: str) -> None:
@@ -132,25 +135,20 @@ def guess_variants(shapes: dict[str, tuple[int, ...]]) -> dict[str, object]:
 def load_model(config: Pi0Config, params_dir: str | pathlib.Path, *, param_dtype=None) -> Pi0:
     """Build ``Pi0(config)`` from the parameters at ``params_dir`` without ever allocating random weights.
 
-    ``param_dtype`` defaults to the model dtype: bfloat16 for serving (as openpi's policies), float32 otherwise.
+    The stored tree is checked before any data is read. ``param_dtype`` defaults to the model dtype: bfloat16 for
+    serving (as openpi's policies), float32 otherwise.
     """
-    param_dtype = jnp.dtype(param_dtype or config.dtype)
-    expected = model_param_shapes(config)
-    check_tree({k: v.shape for k, v in expected.items()}, read_param_shapes(params_dir), where=str(params_dir))
-    params = restore_params(params_dir, dtype=param_dtype)
-    return model_from_params(config, params)
+    graphdef, state = _abstract_model(config)
+    check_tree(_shapes(nnx.to_pure_dict(state)), read_param_shapes(params_dir), where=str(params_dir))
+    params = restore_params(params_dir, dtype=jnp.dtype(param_dtype or config.dtype))
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(graphdef, state)
 
 
 def model_from_params(config: Pi0Config, params: Params) -> Pi0:
     """Put a pure-dict parameter tree into a model (shapes are checked; dtypes are kept as given)."""
-    abstract = nnx.eval_shape(lambda: Pi0(config, nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
-    expected = _flat(nnx.to_pure_dict(state))
-    check_tree(
-        {k: v.shape for k, v in expected.items()},
-        {k: tuple(np.shape(v)) for k, v in _flat(params).items()},
-        where="the given parameter tree",
-    )
+    graphdef, state = _abstract_model(config)
+    check_tree(_shapes(nnx.to_pure_dict(state)), _shapes(params), where="the given parameter tree")
     nnx.replace_by_pure_dict(state, params)
     return nnx.merge(graphdef, state)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any
 
@@ -86,7 +85,3 @@ class Policy:
         if noise.shape[0] != batch:
             noise = np.broadcast_to(noise, (batch, horizon, dim))
         return jnp.asarray(noise, jnp.float32)
-
-    def with_config(self, **changes) -> Policy:
-        """The same weights under changed policy fields (e.g. ``num_steps``)."""
-        return Policy(self.model, dataclasses.replace(self.config, **changes), self.transforms, metadata=self.metadata)
