@@ -118,3 +118,20 @@ def test_siglip_matches_reference():
 def test_siglip_bf16_uses_bf16_attention_scale():
     # flax divides q by sqrt(head_dim) rounded to bf16; for head_dim 72 that is 8.5, not 8.485.
     assert float(jnp.sqrt(72).astype(jnp.bfloat16)) == 8.5
+
+
+def test_euler_update_keeps_openpi_expression_with_bf16_velocity():
+    # openpi writes x + dt * v with a Python-float dt and a bf16 v: dt becomes bf16(-0.1) = -0.10009765625. Eagerly
+    # the product is rounded to bf16 before the float32 add; inside jit (where sampling runs) XLA keeps the product
+    # in float32. Either way dt is bf16-rounded, unlike x + float32(dt) * float32(v).
+    x = RNG.normal(size=(2, 5, 8)).astype(np.float32)
+    v = RNG.normal(size=(2, 5, 8)).astype(ml_dtypes.bfloat16)
+    dt = np.float32(ml_dtypes.bfloat16(-0.1))
+    v32 = v.astype(np.float32)
+    jitted = np.asarray(jax.jit(lambda x, v: ops.euler_update(x, v, -0.1))(jnp.asarray(x), jnp.asarray(v)))
+    assert jitted.dtype == np.float32
+    np.testing.assert_array_equal(jitted, x + v32 * dt)
+    eager = np.asarray(ops.euler_update(jnp.asarray(x), jnp.asarray(v), -0.1))
+    np.testing.assert_array_equal(eager, x + (v32 * dt).astype(ml_dtypes.bfloat16).astype(np.float32))
+    out32 = np.asarray(ops.euler_update(jnp.asarray(x), jnp.asarray(v32), -0.1))
+    np.testing.assert_allclose(out32, x + np.float32(-0.1) * v32, rtol=1e-7, atol=1e-7)

@@ -103,3 +103,9 @@ def posemb_sincos(pos, embedding_dim: int, min_period: float, max_period: float)
 def gelu(x):
     """tanh-approximated GELU (flax's ``nn.gelu`` default)."""
     return jax.nn.gelu(x, approximate=True)
+
+
+def euler_update(x_t, v_t, dt: float):
+    """One flow step ``x + dt·v``. ``dt`` is a Python float, so with a bf16 velocity (serving) ``dt·v`` is rounded
+    to bf16 — with dt itself rounded to bf16 — before it is added to the float32 ``x``, as in openpi."""
+    return x_t + dt * v_t

@@ -234,8 +234,7 @@ class Pi0(nnx.Module):
         def step(carry):
             x_t, time = carry
             v_t = self.velocity(obs, cache, x_t, jnp.broadcast_to(time, batch))
-            # dt * v_t stays in v_t's dtype (bf16 when serving) before it is added to the float32 x_t.
-            return x_t + dt * v_t, time + dt
+            return ops.euler_update(x_t, v_t, dt), time + dt
 
         # The time carry accumulates t + dt in float32 exactly as openpi (1.0, 0.9, 0.79999995, ...).
         x_0, _ = jax.lax.while_loop(lambda c: c[1] >= -dt / 2, step, (noise, 1.0))
