@@ -169,3 +169,29 @@ def test_cache_dir_env(monkeypatch, tmp_path):
     assert download.cache_dir() == pathlib.Path(tmp_path)
     monkeypatch.delenv(download.CACHE_ENV)
     assert download.cache_dir() == pathlib.Path("~/.cache/textlatent").expanduser()
+
+
+def test_hf_urls_map_to_snapshot_download(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    def fake_snapshot_download(repo_id, *, repo_type, revision, local_dir, allow_patterns, force_download):
+        calls.append((repo_id, repo_type, revision, allow_patterns))
+        target = pathlib.Path(local_dir) / "ckpts" / "pi0" / "params"
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "x").write_text("1")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setenv(download.CACHE_ENV, str(tmp_path))
+    local = download.resolve("hf://org/repo/ckpts/pi0@v1")
+    assert local == tmp_path / "hf" / "model" / "org/repo" / "v1" / "ckpts" / "pi0"
+    assert calls == [("org/repo", "model", "v1", ["ckpts/pi0", "ckpts/pi0/**"])]
+    assert download.resolve("hf://org/repo/ckpts/pi0@v1") == local
+    assert len(calls) == 1  # complete trees are not fetched again
+    download.resolve("hf://datasets/org/data/ckpts/pi0")
+    assert calls[-1][:3] == ("org/data", "dataset", None)
+    with pytest.raises(ValueError, match="owner/repo"):
+        download.resolve("hf://justone")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        download.resolve("hf://org/repo/missing")
