@@ -88,7 +88,7 @@ class Demo:
 class Checkpoint:
     """Describe an openpi checkpoint: parameter count, inferred variants, norm stats (no weights are loaded)."""
 
-    path: str
+    path: tyro.conf.Positional[str]
     """Checkpoint directory: local, gs://… or hf://…"""
 
     def run(self) -> None:
