@@ -59,3 +59,38 @@ def make_observation(config: Pi0Config, batch: int = 2, seed: int = 0, prompt_le
 
 def to_numpy_tree(tree):
     return jax.tree.map(np.asarray, tree)
+
+
+# The LIBERO policy: the tiny model with openpi's 32 action dims (the LIBERO transforms pad to them).
+LIBERO_OVERRIDES = {**{k: v for k, v in TINY.items() if k != "action_dim"}, "action_dim": 32}
+
+
+@pytest.fixture(scope="session")
+def libero_checkpoint(tmp_path_factory):
+    """(path, norm stats) of a tiny random π0 written in openpi's layout with LIBERO norm stats."""
+    from textlatent.checkpoint import model_params, write_checkpoint
+    from textlatent.checkpoint.random import random_norm_stats
+    from textlatent.policy import get_config
+
+    config = get_config("pi0_libero", **LIBERO_OVERRIDES)
+    model = random_model(config.model, seed=11)
+    path = tmp_path_factory.mktemp("ckpt") / "pi0_tiny"
+    stats = random_norm_stats(8, 7, seed=5)
+    write_checkpoint(path, model_params(model), stats=stats, asset_id=config.asset_id)
+    return path, stats
+
+
+def load_libero_policy(checkpoint, tokenizer_path):
+    import textlatent
+
+    return textlatent.load_policy("pi0_libero", checkpoint[0], tokenizer=str(tokenizer_path), **LIBERO_OVERRIDES)
+
+
+def libero_obs(seed=0, size=56, prompt="put the bowl on the plate"):
+    rng = np.random.default_rng(seed)
+    return {
+        "observation/image": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+        "observation/wrist_image": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+        "observation/state": rng.normal(size=8),
+        "prompt": prompt,
+    }

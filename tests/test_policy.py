@@ -6,40 +6,20 @@ import numpy as np
 import pytest
 
 import textlatent
-from tests.conftest import TINY
-from textlatent.checkpoint import model_params, write_checkpoint
-from textlatent.checkpoint.random import random_norm_stats
-from textlatent.policy import ObservationError, get_config
+from tests.conftest import LIBERO_OVERRIDES, libero_obs, load_libero_policy
+from textlatent.policy import ObservationError
 
-OVERRIDES = {k: v for k, v in TINY.items() if k not in ("action_dim",)}
-OVERRIDES["action_dim"] = 32  # the LIBERO transforms pad to the model's 32 dims as openpi does
+OVERRIDES = LIBERO_OVERRIDES
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from textlatent.checkpoint.random import random_model
-
-    config = get_config("pi0_libero", **OVERRIDES)
-    model = random_model(config.model, seed=11)
-    path = tmp_path_factory.mktemp("ckpt") / "pi0_tiny"
-    stats = random_norm_stats(8, 7, seed=5)
-    write_checkpoint(path, model_params(model), stats=stats, asset_id=config.asset_id)
-    return path, stats
+def checkpoint(libero_checkpoint):
+    return libero_checkpoint
 
 
 @pytest.fixture(scope="module")
 def policy(checkpoint, tokenizer_path):
-    return textlatent.load_policy("pi0_libero", checkpoint[0], tokenizer=str(tokenizer_path), **OVERRIDES)
-
-
-def libero_obs(seed=0, size=56, prompt="put the bowl on the plate"):
-    rng = np.random.default_rng(seed)
-    return {
-        "observation/image": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
-        "observation/wrist_image": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
-        "observation/state": rng.normal(size=8),
-        "prompt": prompt,
-    }
+    return load_libero_policy(checkpoint, tokenizer_path)
 
 
 def test_actions_follow_openpi_output_transforms(policy, checkpoint):

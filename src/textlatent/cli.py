@@ -107,9 +107,106 @@ class Checkpoint:
             print(f"  norm stats: {stats.parent.relative_to(directory / 'assets')}")
 
 
+@dataclasses.dataclass
+class Serve:
+    """Serve a π0 policy over openpi's websocket protocol (the stock openpi-client works unchanged), batching
+    concurrent clients into shared model calls; requests may steer it with registered text latents."""
+
+    checkpoint: str | None = None
+    """Checkpoint directory: local, gs://… or hf://… (or --random)."""
+    config: str = "pi0_libero"
+    """openpi config name."""
+    tokenizer: str | None = None
+    """SentencePiece model (default: PaliGemma's, downloaded once)."""
+    random: bool = False
+    """Serve a small random-weight checkpoint written on the fly (for demos and tests: its actions mean nothing)."""
+    host: str = "127.0.0.1"
+    """Interface to listen on (0.0.0.0 for every interface, as openpi's default)."""
+    port: int = 8000
+    max_batch: int = 8
+    """Most requests in one model call (batches are padded to powers of two up to this)."""
+    max_wait_ms: float = 5.0
+    """How long a request may wait for others to share its model call."""
+    batch_invariant: bool = False
+    """Run every model call at --max-batch rows: a request's actions are then bit-identical whatever shared its call
+    (otherwise equal to float rounding across batch sizes). Costs latency at low load."""
+    max_request_mb: float = 16.0
+    """Larger requests get an error reply; frames over 4× this are refused unread (close code 1009)."""
+    max_connections: int = 256
+    api_key: str | None = None
+    """Require the header 'Authorization: Api-Key <key>' (openpi_client's api_key=)."""
+    latents: tuple[pathlib.Path, ...] = ()
+    """Text-latent files or directories of *.safetensors to register for steering (name = file stem)."""
+    dtype: Literal["bfloat16", "float32"] | None = None
+    """Override the config's dtype (bfloat16 is openpi's serving arithmetic)."""
+    warmup: bool = False
+    """Compile every batch size before accepting clients."""
+    log_level: Literal["debug", "info", "warning"] = "info"
+    """debug: one line per request; info: connections and a summary line a minute."""
+
+    def run(self) -> None:
+        import logging
+        import os
+
+        # JAX would otherwise reserve 75% of GPU memory up front; a server should hold what it uses.
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        logging.basicConfig(level=self.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("websockets").setLevel(logging.WARNING)
+
+        import textlatent
+        from textlatent.latents import load_latents
+        from textlatent.serving import PolicyServer, ServerConfig
+
+        if (self.checkpoint is None) == (not self.random):
+            raise SystemExit("give exactly one of --checkpoint DIR|gs://…|hf://… and --random")
+        overrides = {} if self.dtype is None else {"dtype": self.dtype}
+        checkpoint, tokenizer = self.checkpoint, self.tokenizer
+        if self.random:
+            checkpoint, tokenizer, random_overrides = random_checkpoint(self.config)
+            overrides = {**random_overrides, **overrides}
+            print(f"serving RANDOM weights from {checkpoint} (actions mean nothing)")
+        policy = textlatent.load_policy(self.config, checkpoint, tokenizer=tokenizer, **overrides)
+        server = PolicyServer(
+            policy,
+            ServerConfig(
+                host=self.host,
+                port=self.port,
+                max_batch=self.max_batch,
+                max_wait_ms=self.max_wait_ms,
+                batch_invariant=self.batch_invariant,
+                max_request_mb=self.max_request_mb,
+                max_connections=self.max_connections,
+                api_key=self.api_key,
+            ),
+            latents=load_latents(self.latents),
+        )
+        if self.warmup:
+            for size, seconds in server.engine.warmup().items():
+                print(f"compiled batch {size} in {seconds:.1f} s")
+        server.run()
+
+
+def random_checkpoint(config_name: str = "pi0_libero") -> tuple[pathlib.Path, pathlib.Path, dict]:
+    """A small random-weight checkpoint and tokenizer in the cache (written once): (checkpoint, tokenizer, overrides)."""
+    from textlatent.checkpoint.download import cache_dir
+    from textlatent.checkpoint.random import write_random_checkpoint
+    from textlatent.policy import get_config
+    from textlatent.tokenizer_training import train_tokenizer
+
+    overrides = dict(paligemma_variant="dummy", action_expert_variant="dummy", siglip_variant="mu/14")
+    config = get_config(config_name, **overrides)
+    root = cache_dir() / "random" / config_name
+    checkpoint, tokenizer = root / "checkpoint", root / "tokenizer.model"
+    if not (checkpoint / "params").exists():
+        write_random_checkpoint(checkpoint, config.model, asset_id=config.asset_id)
+    if not tokenizer.exists():
+        train_tokenizer(tokenizer)
+    return checkpoint, tokenizer, overrides
+
+
 def main(argv: list[str] | None = None) -> None:
     command = tyro.extras.subcommand_cli_from_dict(
-        {"demo": Demo, "checkpoint": Checkpoint},
+        {"demo": Demo, "checkpoint": Checkpoint, "serve": Serve},
         description="textlatent: π0 as openpi computes it, with text-latent access.",
         args=argv,
     )

@@ -41,6 +41,8 @@ class Policy:
         # The module is split once; its state is passed as an argument so that jit does not capture the weights.
         self._graphdef, self._state = nnx.split(model)
         self._sample = jax.jit(_sample, static_argnums=(0,), static_argnames=("num_steps",))
+        shape = (1, model.config.action_horizon, model.config.action_dim)
+        self._normal = jax.jit(lambda key: jax.random.normal(key, shape))
 
     def prepare(self, obs: dict) -> tuple[Observation, np.ndarray, bool]:
         """Validate and transform a request: (model observation, float32 normalized state [B, 32], batched?)."""
@@ -72,6 +74,28 @@ class Policy:
             "actions": robot_actions if batched else robot_actions[0],
             "policy_timing": {"infer_ms": model_ms, "total_ms": (time.monotonic() - start) * 1000},
         }
+
+    # ---------------------------------------------------------------- lower-level steps, for servers that batch
+    def draw_noise(self) -> np.ndarray:
+        """Noise [1, H, D] for one request, advancing the policy key exactly as one ``infer`` call does: a request
+        served with it gets the actions ``infer`` would have returned at that point of the key sequence."""
+        self._rng, sample_rng = jax.random.split(self._rng)
+        return np.asarray(self._normal(sample_rng))
+
+    def run_model(self, inputs: dict, noise: np.ndarray, edit: ResidualEdit | None = None) -> np.ndarray:
+        """Model actions [B, H, D] (float32) for batched model inputs as returned by ``transforms.inputs``."""
+        inputs = {k: v for k, v in inputs.items() if k != "batched"}
+        observation = Observation.from_dict(inputs)
+        actions = self._sample(
+            self._graphdef,
+            self._state,
+            None,
+            observation,
+            jnp.asarray(noise, jnp.float32),
+            edit,
+            num_steps=self.config.num_steps,
+        )
+        return np.asarray(jax.device_get(actions))
 
     def _check_noise(self, noise, batch: int) -> jax.Array:
         noise = np.asarray(noise)

@@ -20,6 +20,7 @@ WRIST_IMAGE_KEY = "observation/wrist_image"
 STATE_KEY = "observation/state"
 PROMPT_KEY = "prompt"
 REQUIRED_KEYS = (IMAGE_KEY, WRIST_IMAGE_KEY, STATE_KEY)
+MAX_IMAGE_SIDE = 4096
 
 
 class ObservationError(ValueError):
@@ -48,6 +49,10 @@ def _parse_image(name: str, image, batched: bool) -> np.ndarray:
         raise ObservationError(f"{name} must have 3 colour channels (RGB), got shape {image.shape}")
     if min(image.shape[-3:-1]) < 1:
         raise ObservationError(f"{name} is empty: shape {image.shape}")
+    if max(image.shape[-3:-1]) > MAX_IMAGE_SIDE:
+        raise ObservationError(
+            f"{name} is {image.shape[-3]}×{image.shape[-2]} pixels; the limit is {MAX_IMAGE_SIDE} per side"
+        )
     return image
 
 
@@ -61,7 +66,8 @@ def resize_with_pad(images: np.ndarray, height: int, width: int) -> np.ndarray:
         pil = Image.fromarray(im)
         cur_w, cur_h = pil.size
         ratio = max(cur_w / width, cur_h / height)
-        new_h, new_w = int(cur_h / ratio), int(cur_w / ratio)
+        # (openpi truncates; a sliver-shaped image would truncate to 0 pixels, which PIL cannot resize to)
+        new_h, new_w = max(1, int(cur_h / ratio)), max(1, int(cur_w / ratio))
         resized = pil.resize((new_w, new_h), resample=Image.BILINEAR)
         canvas = Image.new(resized.mode, (width, height), 0)
         canvas.paste(resized, (max(0, int((width - new_w) / 2)), max(0, int((height - new_h) / 2))))
