@@ -18,3 +18,57 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert (tmp_path / "checkpoint" / "params").is_dir()
     assert (tmp_path / "checkpoint" / "assets" / "physical-intelligence" / "libero" / "norm_stats.json").exists()
     assert "random" in out
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_random_answers_the_stock_client_and_stops_on_sigterm(tmp_path):
+    """`textlatent serve --random` as a user runs it: a separate process, /healthz, the stock client, SIGTERM."""
+    import http.client
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import numpy as np
+    from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+    port = _free_port()
+    env = {**os.environ, "TEXTLATENT_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "-c", "from textlatent.cli import main; main()", "serve", "--random", "--port", str(port)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            assert process.poll() is None, process.stdout.read()
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn.request("GET", "/healthz")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.5)
+        client = WebsocketClientPolicy("127.0.0.1", port)
+        assert client.get_server_metadata()["action_horizon"] == 50
+        rng = np.random.default_rng(0)
+        obs = {
+            "observation/image": rng.integers(0, 256, (224, 224, 3), dtype=np.uint8),
+            "observation/wrist_image": rng.integers(0, 256, (224, 224, 3), dtype=np.uint8),
+            "observation/state": rng.normal(size=8),
+            "prompt": "put the bowl on the plate",
+        }
+        assert client.infer(obs)["actions"].shape == (50, 7)
+    finally:
+        process.send_signal(signal.SIGINT if process.poll() is not None else signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    assert "serving RANDOM weights" in output and "stopped after 1 requests, 0 errors" in output, output

@@ -36,7 +36,6 @@ def reference(libero_checkpoint, tokenizer_path):
 def f32_pair(libero_checkpoint, tokenizer_path):
     """(served, reference) float32 policies: batching may change rows only at float32 rounding."""
     import textlatent
-
     from tests.conftest import LIBERO_OVERRIDES
 
     return tuple(
@@ -119,6 +118,7 @@ def test_encoding_is_byte_identical_to_openpi_client():
         (openpi_msgpack.packb({"x": {b"__ndarray__": True, b"data": b"", b"dtype": "<f4", b"shape": [1 << 40] * 2}}), "elements"),
         (openpi_msgpack.packb({"x": {b"__ndarray__": True, b"data": b""}}), "exactly the keys"),
         (openpi_msgpack.packb({"x": {b"__npgeneric__": True, b"data": 300, b"dtype": "|u1"}}), "does not fit"),
+        (openpi_msgpack.packb({"x": {b"__npgeneric__": True, b"data": 1e300, b"dtype": "<f2"}}), "does not fit"),
     ],
 )
 def test_decoding_rejects_malformed_frames(frame, message):
@@ -357,6 +357,19 @@ def test_bad_steering_gets_a_clear_error(server, steering, message):
         (packb({**libero_obs(), "observation/image": np.zeros((8, 8, 3), np.int64)}), "must be uint8"),
         (packb({**libero_obs(), "observation/image": np.zeros((1, 9000, 3), np.uint8)}), "limit is 4096"),
         (packb({**libero_obs(), "prompt": 3}), "must be a string"),
+        (packb({**libero_obs(), "observation/state": [[1, 2], [3]]}), "rectangular numeric array"),
+        (packb({**libero_obs(), "observation/image": {"a": 1}}), "must be an array, got dict"),
+        (packb({**libero_obs(), "observation/image": [1, "a"]}), "must be a numeric"),
+        (
+            packb(
+                {
+                    "observation/image": np.zeros((65, 2, 2, 3), np.uint8),
+                    "observation/wrist_image": np.zeros((65, 2, 2, 3), np.uint8),
+                    "observation/state": np.zeros((65, 8)),
+                }
+            ),
+            "at most 64 observations",
+        ),
         (packb({**libero_obs(), "noise": np.zeros((2, 2))}), "noise must be float"),
         (packb({**libero_obs(), "noise": np.full((H, D), np.inf)}), "NaN or inf"),
     ],

@@ -1,4 +1,4 @@
-"""Command line: ``textlatent demo`` (random-weight π0 end to end) and ``textlatent checkpoint`` (inspect one)."""
+"""Command line: ``textlatent demo`` (random-weight π0 end to end), ``checkpoint`` (inspect one), ``serve`` (policy server)."""
 
 from __future__ import annotations
 
@@ -32,9 +32,6 @@ class Demo:
         import numpy as np
 
         import textlatent
-        from textlatent.checkpoint.random import write_random_checkpoint
-        from textlatent.policy import get_config
-        from textlatent.tokenizer_training import train_tokenizer
 
         root = self.out or pathlib.Path(tempfile.mkdtemp(prefix="textlatent-demo-"))
         overrides = dict(
@@ -43,14 +40,8 @@ class Demo:
             siglip_variant=self.siglip_variant,
             dtype=self.dtype,
         )
-        config = get_config("pi0_libero", **overrides)
-        checkpoint = root / "checkpoint"
         start = time.perf_counter()
-        if not (checkpoint / "params").exists():
-            write_random_checkpoint(checkpoint, config.model, asset_id=config.asset_id)
-        tokenizer = root / "tokenizer.model"
-        if not tokenizer.exists():
-            train_tokenizer(tokenizer)
+        checkpoint, tokenizer = write_random_setup(root, "pi0_libero", overrides)
         print(f"random-weight checkpoint (openpi layout): {checkpoint}  [{time.perf_counter() - start:.1f} s]")
         print("  (weights are random: the policy does nothing useful; pass a real checkpoint to load_policy for that)")
 
@@ -132,6 +123,8 @@ class Serve:
     (otherwise equal to float rounding across batch sizes). Costs latency at low load."""
     max_request_mb: float = 16.0
     """Larger requests get an error reply; frames over 4× this are refused unread (close code 1009)."""
+    max_request_rows: int = 64
+    """Most observations one batched request may carry."""
     max_connections: int = 256
     api_key: str | None = None
     """Require the header 'Authorization: Api-Key <key>' (openpi_client's api_key=)."""
@@ -162,8 +155,10 @@ class Serve:
         overrides = {} if self.dtype is None else {"dtype": self.dtype}
         checkpoint, tokenizer = self.checkpoint, self.tokenizer
         if self.random:
-            checkpoint, tokenizer, random_overrides = random_checkpoint(self.config)
-            overrides = {**random_overrides, **overrides}
+            from textlatent.checkpoint.download import cache_dir
+
+            checkpoint, tokenizer = write_random_setup(cache_dir() / "random" / self.config, self.config, SMALL_RANDOM)
+            overrides = {**SMALL_RANDOM, **overrides}
             print(f"serving RANDOM weights from {checkpoint} (actions mean nothing)")
         policy = textlatent.load_policy(self.config, checkpoint, tokenizer=tokenizer, **overrides)
         server = PolicyServer(
@@ -175,6 +170,7 @@ class Serve:
                 max_wait_ms=self.max_wait_ms,
                 batch_invariant=self.batch_invariant,
                 max_request_mb=self.max_request_mb,
+                max_request_rows=self.max_request_rows,
                 max_connections=self.max_connections,
                 api_key=self.api_key,
             ),
@@ -186,22 +182,23 @@ class Serve:
         server.run()
 
 
-def random_checkpoint(config_name: str = "pi0_libero") -> tuple[pathlib.Path, pathlib.Path, dict]:
-    """A small random-weight checkpoint and tokenizer in the cache (written once): (checkpoint, tokenizer, overrides)."""
-    from textlatent.checkpoint.download import cache_dir
+SMALL_RANDOM = {"paligemma_variant": "dummy", "action_expert_variant": "dummy", "siglip_variant": "mu/14"}
+
+
+def write_random_setup(root: pathlib.Path, config_name: str, overrides: dict) -> tuple[pathlib.Path, pathlib.Path]:
+    """A random-weight checkpoint (openpi layout) and a small tokenizer under ``root``, each written once:
+    (checkpoint, tokenizer)."""
     from textlatent.checkpoint.random import write_random_checkpoint
     from textlatent.policy import get_config
     from textlatent.tokenizer_training import train_tokenizer
 
-    overrides = dict(paligemma_variant="dummy", action_expert_variant="dummy", siglip_variant="mu/14")
     config = get_config(config_name, **overrides)
-    root = cache_dir() / "random" / config_name
     checkpoint, tokenizer = root / "checkpoint", root / "tokenizer.model"
     if not (checkpoint / "params").exists():
         write_random_checkpoint(checkpoint, config.model, asset_id=config.asset_id)
     if not tokenizer.exists():
         train_tokenizer(tokenizer)
-    return checkpoint, tokenizer, overrides
+    return checkpoint, tokenizer
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,8 +27,21 @@ class ObservationError(ValueError):
     """A request that cannot be turned into model inputs; the message names the field and the fix."""
 
 
+def _as_array(name: str, value) -> np.ndarray:
+    """``np.asarray`` for request fields: ragged lists, dicts and other non-arrays are the caller's error."""
+    if isinstance(value, dict | str | bytes) or value is None:
+        raise ObservationError(f"{name} must be an array, got {type(value).__name__}")
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ObservationError(f"{name} must be a rectangular numeric array: {exc}") from exc
+    if array.dtype == object:
+        raise ObservationError(f"{name} must be a numeric array, got elements of mixed or non-numeric types")
+    return array
+
+
 def _parse_image(name: str, image, batched: bool) -> np.ndarray:
-    image = np.asarray(image)
+    image = _as_array(name, image)
     if image.dtype == object or not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
         raise ObservationError(f"{name} must be a numeric image array, got dtype {image.dtype}")
     want_ndim = 4 if batched else 3
@@ -135,7 +148,7 @@ class LiberoTransforms:
             raise ObservationError(
                 f"the request lacks {missing}; a LIBERO request has {list(REQUIRED_KEYS)} and {PROMPT_KEY!r}"
             )
-        state = np.asarray(obs[STATE_KEY])
+        state = _as_array(STATE_KEY, obs[STATE_KEY])
         if state.ndim not in (1, 2):
             raise ObservationError(
                 f"{STATE_KEY} must have shape [{self.state_dims}] or [batch, {self.state_dims}], got {state.shape}"
@@ -145,7 +158,7 @@ class LiberoTransforms:
     def inputs(self, obs: dict) -> dict:
         """Request → batched model inputs (numpy): image/image_mask dicts, state float32 [B, 32], prompt ids/mask."""
         batched = self.is_batched(obs)
-        state = np.asarray(obs[STATE_KEY])
+        state = _as_array(STATE_KEY, obs[STATE_KEY])
         if not (np.issubdtype(state.dtype, np.floating) or np.issubdtype(state.dtype, np.integer)):
             raise ObservationError(f"{STATE_KEY} must be numeric, got dtype {state.dtype}")
         if state.shape[-1] != self.state_dims:

@@ -31,7 +31,7 @@ from textlatent.latents.interventions import InterventionError, resolve
 from textlatent.latents.latent import TextLatent
 from textlatent.model import gemma_config
 from textlatent.policy import ObservationError, Policy
-from textlatent.policy.transforms import PROMPT_KEY, REQUIRED_KEYS
+from textlatent.policy.transforms import PROMPT_KEY, REQUIRED_KEYS, STATE_KEY
 from textlatent.serving.batching import BatchingEngine, Job
 from textlatent.serving.steering import STEERING_KEY, EpisodeCounter, SteeringError, parse_steering
 from textlatent.serving.wire import WireError, packb, unpackb
@@ -60,6 +60,8 @@ class ServerConfig:
     max_request_mb: float = 16.0
     """Larger requests get an error reply; frames over 4× this are refused by the websocket layer unread (close
     code 1009) so that no client can make the server buffer arbitrary amounts of memory."""
+    max_request_rows: int = 64
+    """Most observations in one batched request (each row costs host memory and a model row)."""
     max_connections: int = 256
     api_key: str | None = None
     """If set, clients must send ``Authorization: Api-Key <key>`` (openpi_client's ``api_key=``)."""
@@ -167,8 +169,14 @@ class PolicyServer:
         if STEERING_KEY in message:
             steering = parse_steering(message.pop(STEERING_KEY), self.latents)
         noise = message.pop(NOISE_KEY, None)
-        obs = {k: v for k, v in message.items()}
-        inputs = self.policy.transforms.inputs(obs)
+        if self.policy.transforms.is_batched(message):
+            rows = len(message[STATE_KEY])
+            if rows > self.config.max_request_rows:
+                raise RequestError(
+                    f"a request may batch at most {self.config.max_request_rows} observations, got {rows} "
+                    "(split it, or start the server with a larger --max-request-rows)"
+                )
+        inputs = self.policy.transforms.inputs(message)
         batched = inputs.pop("batched")
         batch = inputs["state"].shape[0]
         noise_rows = self._noise_rows(noise, batch) if noise is not None else [None] * batch

@@ -85,8 +85,9 @@ def _decode_scalar(obj: dict) -> np.generic:
     if isinstance(data, dict | list | tuple) or data is None:
         raise WireError(f"numpy scalar data must be a number, bool or string, got {type(data).__name__}")
     try:
-        return dtype.type(data)
-    except (TypeError, ValueError, OverflowError) as exc:
+        with np.errstate(over="raise", invalid="raise"):  # 1e300 as float16 is an error, not a silent inf
+            return dtype.type(data)
+    except (TypeError, ValueError, OverflowError, FloatingPointError) as exc:
         raise WireError(f"numpy scalar {data!r:.40} does not fit dtype {dtype.str}: {exc}") from exc
 
 
