@@ -126,3 +126,23 @@ def test_bad_noise_and_config(policy, checkpoint, tokenizer_path):
         textlatent.load_policy("pi0_nope", checkpoint[0])
     with pytest.raises(FileNotFoundError, match="norm stats for asset_id 'x/y'"):
         textlatent.load_policy("pi0_libero", checkpoint[0], tokenizer=str(tokenizer_path), asset_id="x/y", **OVERRIDES)
+
+
+def test_draw_noises_is_the_key_sequence_of_consecutive_infer_calls(checkpoint, tokenizer_path):
+    """The server's one-call noise draw equals what n single ``infer`` calls draw: split once per call, then
+    normal(sub, [1, H, D]) — checked against jax.random directly, and the key continues where n calls leave it."""
+    import jax
+
+    policy = load_libero_policy(checkpoint, tokenizer_path)
+    shape = (1, policy.model.config.action_horizon, policy.model.config.action_dim)
+    key, expected = jax.random.key(0), []
+    for _ in range(5):
+        key, sub = jax.random.split(key)
+        expected.append(np.asarray(jax.random.normal(sub, shape))[0])
+    np.testing.assert_array_equal(policy.draw_noises(3), np.stack(expected[:3]))
+    assert policy.draw_noises(0).shape == (0, *shape[1:])
+    np.testing.assert_array_equal(policy.draw_noises(2), np.stack(expected[3:]))
+    key, sub = jax.random.split(key)
+    obs = libero_obs(1)
+    served = policy.infer(obs)["actions"]
+    np.testing.assert_array_equal(served, policy.infer(obs, noise=np.asarray(jax.random.normal(sub, shape)))["actions"])

@@ -40,8 +40,12 @@ class Demo:
             siglip_variant=self.siglip_variant,
             dtype=self.dtype,
         )
+        from textlatent.checkpoint.random import write_random_setup
+        from textlatent.policy import get_config
+
+        config = get_config("pi0_libero", **overrides)
         start = time.perf_counter()
-        checkpoint, tokenizer = write_random_setup(root, "pi0_libero", overrides)
+        checkpoint, tokenizer = write_random_setup(root, config.model, config.asset_id)
         print(f"random-weight checkpoint (openpi layout): {checkpoint}  [{time.perf_counter() - start:.1f} s]")
         print("  (weights are random: the policy does nothing useful; pass a real checkpoint to load_policy for that)")
 
@@ -156,8 +160,11 @@ class Serve:
         checkpoint, tokenizer = self.checkpoint, self.tokenizer
         if self.random:
             from textlatent.checkpoint.download import cache_dir
+            from textlatent.checkpoint.random import SMALL_RANDOM, write_random_setup
+            from textlatent.policy import get_config
 
-            checkpoint, tokenizer = write_random_setup(cache_dir() / "random" / self.config, self.config, SMALL_RANDOM)
+            config = get_config(self.config, **SMALL_RANDOM)
+            checkpoint, tokenizer = write_random_setup(cache_dir() / "random" / self.config, config.model, config.asset_id)
             overrides = {**SMALL_RANDOM, **overrides}
             print(f"serving RANDOM weights from {checkpoint} (actions mean nothing)")
         policy = textlatent.load_policy(self.config, checkpoint, tokenizer=tokenizer, **overrides)
@@ -182,32 +189,210 @@ class Serve:
         server.run()
 
 
-SMALL_RANDOM = {"paligemma_variant": "dummy", "action_expert_variant": "dummy", "siglip_variant": "mu/14"}
+def parse_overrides(items: tuple[str, ...]) -> dict:
+    """``("paligemma_variant=dummy", "image_resolution=(56, 56)")`` → config overrides (Python literals or strings)."""
+    import ast
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--override takes KEY=VALUE (e.g. paligemma_variant=dummy), got {item!r}")
+        try:
+            out[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value
+    return out
 
 
-def write_random_setup(root: pathlib.Path, config_name: str, overrides: dict) -> tuple[pathlib.Path, pathlib.Path]:
-    """A random-weight checkpoint (openpi layout) and a small tokenizer under ``root``, each written once:
-    (checkpoint, tokenizer)."""
-    from textlatent.checkpoint.random import write_random_checkpoint
-    from textlatent.policy import get_config
-    from textlatent.tokenizer_training import train_tokenizer
+def load_cli_policy(config: str, checkpoint: str, tokenizer: str | None, overrides: tuple[str, ...]):
+    import textlatent
 
-    config = get_config(config_name, **overrides)
-    checkpoint, tokenizer = root / "checkpoint", root / "tokenizer.model"
-    if not (checkpoint / "params").exists():
-        write_random_checkpoint(checkpoint, config.model, asset_id=config.asset_id)
-    if not tokenizer.exists():
-        train_tokenizer(tokenizer)
-    return checkpoint, tokenizer
+    return textlatent.load_policy(config, checkpoint, tokenizer=tokenizer, **parse_overrides(overrides))
+
+
+@dataclasses.dataclass
+class PolicyArgs:
+    checkpoint: str
+    """openpi checkpoint: local directory, gs://… or hf://…"""
+    config: str = "pi0_libero"
+    tokenizer: str | None = None
+    """SentencePiece model (default: PaliGemma's, downloaded once)."""
+    override: tuple[str, ...] = ()
+    """Config overrides KEY=VALUE, e.g. paligemma_variant=dummy or dtype=float32."""
+
+    def load(self):
+        return load_cli_policy(self.config, self.checkpoint, self.tokenizer, self.override)
+
+
+@dataclasses.dataclass
+class LatentsCapture(PolicyArgs):
+    """Capture one text latent per task from a LeRobot dataset (v2.0/v2.1/v3.0; a directory or hf://datasets/…):
+    prefix-only forward, batched, float32 running mean on the device, resumable. Defaults are the paper's (first 20
+    episodes per task, frames 0–119, every real prompt token)."""
+
+    dataset: str = ""
+    """LeRobot dataset: a local directory or hf://datasets/owner/name[@revision]."""
+    tasks: tuple[str, ...] = ()
+    """Task strings or task indices (default: every task of the dataset)."""
+    episodes: int | None = 20
+    """First K episodes of each task (None: all)."""
+    frames: str = "0:120"
+    """frame_index range start:stop[:step]."""
+    batch_size: int = 32
+    slots: int | None = None
+    """Keep only the first N prompt slots (the paper used 9); default: every real prompt token."""
+    out: pathlib.Path = pathlib.Path("latents")
+    resume: bool = True
+    """Skip finished tasks and continue partial ones (--no-resume recaptures)."""
+
+    def run(self) -> None:
+        from textlatent.data import LeRobotDataset
+        from textlatent.latents.capture import capture_dataset
+
+        if not self.dataset:
+            raise SystemExit("--dataset is required (a LeRobot dataset directory or hf://datasets/owner/name)")
+        dataset = LeRobotDataset.open(self.dataset)
+        tasks = [int(t) if t.isdigit() else t for t in self.tasks] or None
+        policy = self.load()
+        result = capture_dataset(
+            policy,
+            dataset,
+            self.out,
+            tasks=tasks,
+            episodes_per_task=self.episodes,
+            frames=self.frames,
+            batch_size=self.batch_size,
+            slots=self.slots,
+            resume=self.resume,
+        )
+        rate = result.frames / result.seconds if result.seconds else 0.0
+        print(f"captured {len(result.written)} latent(s) from {result.frames} frames in {result.seconds:.1f} s "
+              f"({rate:.1f} frames/s); {len(result.skipped)} already done")
+        for task, path in {**result.written, **result.skipped}.items():
+            print(f"  {path}  ← {task!r}")
+
+
+@dataclasses.dataclass
+class LatentsDecode(PolicyArgs):
+    """Decode latents into prompts: the nearest token (cosine similarity with the model's embedding table) of each
+    prompt slot per layer, with slot 0 forced to BOS and the last to the newline token, as the paper sends them."""
+
+    latents: tuple[pathlib.Path, ...] = ()
+    """Latent files or directories of *.safetensors."""
+    layers: tuple[int, ...] = (0, 1, 2, 3)
+    out: pathlib.Path = pathlib.Path("decoded_prompts.json")
+
+    def run(self) -> None:
+        from textlatent.latents import load_latents
+        from textlatent.latents.decoding import decode_latent, save_decodings
+
+        latents = load_latents(self.latents)
+        if not latents:
+            raise SystemExit("give latent files or directories as --latents")
+        policy = self.load()
+        table = policy.model.PaliGemma.llm.embedder.input_embedding[...]
+        decoded = {}
+        for name, latent in latents.items():
+            decoded[latent.prompt or name] = decode_latent(latent, table, policy.transforms.tokenizer, layers=self.layers)
+            print(f"{name}: {latent.prompt!r}")
+            for layer in decoded[latent.prompt or name]:
+                print(f"  layer {layer.layer:2d}: {layer.text!r}  {layer.token_ids}")
+        print(f"saved {save_decodings(decoded, self.out)}")
+
+
+@dataclasses.dataclass
+class LatentsInspect:
+    """Describe latent files: prompt, tokens, provenance and the mean norm per layer."""
+
+    latents: tyro.conf.Positional[tuple[pathlib.Path, ...]]
+
+    def run(self) -> None:
+        from textlatent.latents import load_latents
+        from textlatent.latents.analysis import describe
+
+        for name, latent in load_latents(self.latents).items():
+            print(describe(latent, name=name))
+            print()
+
+
+@dataclasses.dataclass
+class LatentsSimilarity:
+    """Cosine similarity between task latents (flattened over layers 1… and their common slots) as a PNG heatmap."""
+
+    latents: tyro.conf.Positional[tuple[pathlib.Path, ...]]
+    out: pathlib.Path = pathlib.Path("latent_similarity.png")
+    layers: tuple[int, ...] | None = None
+    """Layers to compare (default 1..L-1)."""
+
+    def run(self) -> None:
+        from textlatent.latents import load_latents
+        from textlatent.latents.analysis import cosine_matrix, plot_cosine_matrix
+
+        latents = load_latents(self.latents)
+        if len(latents) < 2:
+            raise SystemExit(f"need at least two latents to compare, got {len(latents)}")
+        names, matrix = cosine_matrix(latents, layers=self.layers)
+        plot_cosine_matrix(names, matrix, self.out)
+        width = max(len(n) for n in names)
+        for name, row in zip(names, matrix, strict=True):
+            print(f"{name:>{width}}  " + " ".join(f"{v:6.3f}" for v in row))
+        print(f"saved {self.out}")
+
+
+@dataclasses.dataclass
+class LatentsImportPaper:
+    """Convert the paper's avg_states_*.pkl files into textlatent latents (safetensors, ~1 MB each). The pickles are
+    read by an allow-list unpickler: no code from the files runs, and anything but arrays is refused."""
+
+    directory: tyro.conf.Positional[pathlib.Path]
+    out: pathlib.Path = pathlib.Path("latents")
+    tokenizer: str | None = None
+    """Tokenizer used to name latents by their prompt (default: PaliGemma's)."""
+    slots: int | None = None
+    """Keep only the first N prompt slots (the paper's code used 9); default: every real prompt token."""
+
+    def run(self) -> None:
+        from textlatent.latents.paper_pickle import import_paper_directory
+        from textlatent.tokenizer import PaligemmaTokenizer
+
+        paths = import_paper_directory(self.directory, self.out, tokenizer=PaligemmaTokenizer(self.tokenizer), slots=self.slots)
+        for path in paths:
+            print(path)
+
+
+LATENT_COMMANDS = {
+    "capture": LatentsCapture,
+    "decode": LatentsDecode,
+    "inspect": LatentsInspect,
+    "similarity": LatentsSimilarity,
+    "import-paper": LatentsImportPaper,
+}
 
 
 def main(argv: list[str] | None = None) -> None:
-    command = tyro.extras.subcommand_cli_from_dict(
-        {"demo": Demo, "checkpoint": Checkpoint, "serve": Serve},
-        description="textlatent: π0 as openpi computes it, with text-latent access.",
-        args=argv,
-    )
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["latents"]:
+        command = tyro.extras.subcommand_cli_from_dict(
+            LATENT_COMMANDS, prog="textlatent latents", description="Text latents: capture, decode, inspect.", args=args[1:]
+        )
+    else:
+        command = tyro.extras.subcommand_cli_from_dict(
+            {"demo": Demo, "checkpoint": Checkpoint, "serve": Serve, "latents": LatentsHelp},
+            description="textlatent: π0 as openpi computes it, with text-latent access.",
+            args=args,
+        )
     command.run()
+
+
+@dataclasses.dataclass
+class LatentsHelp:
+    """Text latents: capture, decode, inspect, similarity, import-paper (run `textlatent latents --help`)."""
+
+    def run(self) -> None:
+        main(["latents", "--help"])
 
 
 if __name__ == "__main__":

@@ -66,3 +66,21 @@ def write_random_checkpoint(
         stats=random_norm_stats(state_dims, action_dims, seed),
         asset_id=asset_id,
     )
+
+
+SMALL_RANDOM = {"paligemma_variant": "dummy", "action_expert_variant": "dummy", "siglip_variant": "mu/14"}
+"""Variant overrides of the small random model used by demos, ``serve --random`` and benchmarks."""
+
+
+def write_random_setup(root: pathlib.Path, model: Pi0Config, asset_id: str) -> tuple[pathlib.Path, pathlib.Path]:
+    """A random-weight checkpoint (openpi layout, with norm stats under ``asset_id``) and a small SentencePiece
+    tokenizer under ``root``, each written once: (checkpoint, tokenizer)."""
+    from textlatent.tokenizer_training import train_tokenizer
+
+    root = pathlib.Path(root)
+    checkpoint, tokenizer = root / "checkpoint", root / "tokenizer.model"
+    if not (checkpoint / "params").exists():
+        write_random_checkpoint(checkpoint, model, asset_id=asset_id)
+    if not tokenizer.exists():
+        train_tokenizer(tokenizer)
+    return checkpoint, tokenizer

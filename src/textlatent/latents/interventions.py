@@ -30,6 +30,7 @@ from textlatent.latents.latent import TextLatent
 MODES = ("tli", "tei", "tei_tli", "single_layer", "reconstruction", "blank", "mask", "obscure")
 Mode = Literal["tli", "tei", "tei_tli", "single_layer", "reconstruction", "blank", "mask", "obscure"]
 SCHEDULES = ("linear", "cosine", "switch", "constant")
+INTERPOLATIONS = ("lerp", "slerp")
 LATENT_COUNT = {
     "tli": 2,
     "tei": 2,
@@ -98,8 +99,13 @@ class Intervention:
     layer: int | None = None
     slots: int | None = None
     token_ids: tuple[int, ...] | None = None
+    interpolation: Literal["lerp", "slerp"] = "lerp"
+    """How the two endpoints mix at α: the paper's linear ``(1-α)H₁ + αH₂``, or spherical per (layer, slot) vector
+    (magnitude and angle interpolated; equal to lerp where the endpoints are parallel)."""
 
     def __post_init__(self):
+        if self.interpolation not in INTERPOLATIONS:
+            raise InterventionError(f"unknown interpolation {self.interpolation!r}; choose one of {list(INTERPOLATIONS)}")
         if self.mode not in MODES:
             raise InterventionError(f"unknown intervention mode {self.mode!r}; choose one of {list(MODES)}")
         need = LATENT_COUNT[self.mode]
@@ -210,7 +216,10 @@ def resolve(
     h1, h2 = t_a.copy(), t_b.copy()
     h1[1:] = t_a[1:] - t_b[1:]
     h2[1:] = t_b[1:] - t_a[1:]
-    mixed = (one_minus * h1 + a * h2).astype(act)
+    if intervention.interpolation == "slerp":
+        mixed = slerp(h1.astype(np.float32), h2.astype(np.float32), alpha).astype(act)
+    else:
+        mixed = (one_minus * h1 + a * h2).astype(act)
 
     delta = replace = None
     slots = np.arange(k)
@@ -237,3 +246,21 @@ def resolve(
             delta = padded
     edit = ResolvedEdit(slots, None if delta is None else delta.astype(np.float32)[:, None], replace)
     return tokens, mask, edit, alpha
+
+
+def slerp(h1: np.ndarray, h2: np.ndarray, alpha: float) -> np.ndarray:
+    """Spherical interpolation of each vector along the last axis: the direction turns through the angle Ω between
+    the endpoints (sin((1-α)Ω)·û₁ + sin(αΩ)·û₂)/sin Ω while the norm goes linearly from |h1| to |h2|. Falls back to the
+    linear mix where Ω is ~0 or ~π (no unique great circle)."""
+    n1 = np.linalg.norm(h1, axis=-1, keepdims=True)
+    n2 = np.linalg.norm(h2, axis=-1, keepdims=True)
+    u1 = np.divide(h1, n1, out=np.zeros_like(h1), where=n1 > 0)
+    u2 = np.divide(h2, n2, out=np.zeros_like(h2), where=n2 > 0)
+    cos = np.clip(np.sum(u1 * u2, axis=-1, keepdims=True), -1.0, 1.0)
+    omega = np.arccos(cos)
+    sin = np.sin(omega)
+    safe = (sin > 1e-4) & (n1 > 0) & (n2 > 0)
+    sin_safe = np.where(safe, sin, 1.0)
+    direction = (np.sin((1 - alpha) * omega) * u1 + np.sin(alpha * omega) * u2) / sin_safe
+    spherical = direction * ((1 - alpha) * n1 + alpha * n2)
+    return np.where(safe, spherical, (1 - alpha) * h1 + alpha * h2)

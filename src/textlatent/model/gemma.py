@@ -76,8 +76,13 @@ class Block(nnx.Module):
             setattr(self, _suffix("mlp", i), FeedForward(depth, c.width, c.mlp_dim, rngs))
 
     def __call__(self, xs, positions, mask, kv_cache):
+        out, kv_cache, _ = self.forward(xs, positions, mask, kv_cache)
+        return out, kv_cache
+
+    def forward(self, xs, positions, mask, kv_cache, attention_queries: jax.Array | None = None):
+        """The layer, plus stream-0 attention probabilities at ``attention_queries`` (see ``Attention.forward``)."""
         normed = [None if x is None else getattr(self, _suffix("pre_attention_norm", i))(x) for i, x in enumerate(xs)]
-        attn_out, kv_cache = self.attn(normed, positions, mask, kv_cache)
+        attn_out, kv_cache, probs = self.attn.forward(normed, positions, mask, kv_cache, attention_queries)
         xs = [None if x is None else x + y for x, y in zip(xs, attn_out, strict=True)]
         out = []
         for i, x in enumerate(xs):
@@ -86,7 +91,7 @@ class Block(nnx.Module):
                 continue
             y = getattr(self, _suffix("mlp", i))(getattr(self, _suffix("pre_ffw_norm", i))(x))
             out.append(x + y)
-        return out, kv_cache
+        return out, kv_cache, probs
 
 
 class Attention(nnx.Module):
@@ -111,6 +116,16 @@ class Attention(nnx.Module):
 
     def __call__(self, xs, positions, mask, kv_cache):
         """xs: per stream [B, T_i, D_i] or None; positions int[B, T]; mask bool[B, 1, T, S]."""
+        out, kv_cache, _ = self.forward(xs, positions, mask, kv_cache)
+        return out, kv_cache
+
+    def forward(self, xs, positions, mask, kv_cache, attention_queries: jax.Array | None = None):
+        """``__call__``, and also the attention probabilities of the queries at ``attention_queries``.
+
+        attention_queries: int[Q] indices into the present tokens (stream 0 comes first, so these are stream-0
+        positions when stream 0 runs), or None. Returns (outputs per stream, (K, V), probabilities float32
+        [B, num_heads, Q, S] over all S keys, or None when not asked — then nothing extra is computed).
+        """
         qkvs = []
         for i, x in enumerate(xs):
             if x is None:
@@ -137,8 +152,13 @@ class Attention(nnx.Module):
         if mask.shape != (b, 1, t, k.shape[1]):
             raise ValueError(f"attention mask has shape {mask.shape}, expected {(b, 1, t, k.shape[1])}")
         logits = jnp.where(mask[:, :, None, :, :], logits, ops.ATTENTION_MASK_VALUE)
-        probs = jax.nn.softmax(logits, axis=-1).astype(k.dtype)
+        probs_f32 = jax.nn.softmax(logits, axis=-1)
+        probs = probs_f32.astype(k.dtype)
         encoded = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(b, t, n, h)
+        queried = None
+        if attention_queries is not None:
+            # The float32 softmax, before the cast to the value dtype; heads in q_einsum order (kv head major).
+            queried = probs_f32[:, :, :, attention_queries, :].reshape(b, n, -1, k.shape[1])
 
         out, start = [], 0
         for i, x in enumerate(xs):
@@ -148,7 +168,7 @@ class Attention(nnx.Module):
             end = start + x.shape[1]
             out.append(getattr(self, _suffix("attn_vec_einsum", i))("BTNH,NHD->BTD", encoded[:, start:end]))
             start = end
-        return out, (k, v)
+        return out, (k, v), queried
 
 
 class Embedder(nnx.Module):
@@ -204,9 +224,42 @@ class Gemma(nnx.Module):
         Returns:
           (final-normed outputs per stream, (K, V) of all keys per layer, captured [depth, B, P, D_0] or None).
         """
+        outputs, kv_cache, captured, _ = self.forward(
+            embedded, positions, mask, kv_cache=kv_cache, edit=edit, capture_positions=capture_positions
+        )
+        return outputs, kv_cache, captured
+
+    def forward(
+        self,
+        embedded: Sequence[jax.Array | None],
+        positions: jax.Array,
+        mask: jax.Array,
+        *,
+        kv_cache: KVCache | None = None,
+        edit: ResidualEdit | None = None,
+        capture_positions: jax.Array | None = None,
+        attention_queries: jax.Array | None = None,
+    ) -> tuple[list[jax.Array | None], KVCache, jax.Array | None, jax.Array | None]:
+        """``__call__``, and optionally stream 0's attention probabilities at every layer.
+
+        attention_queries: int[Q] stream-0 positions whose attention rows are returned, or None. The option is
+        static (Python-level): with None the traced computation is exactly ``__call__``'s, with no extra outputs.
+
+        Returns:
+          (outputs, (K, V), captured, attention float32 [depth, B, num_heads, Q, S] — softmax probabilities over
+          all S keys, exactly 0 on keys the mask hides — or None).
+        """
         xs = [None if e is None else e.astype(self.embed_dtype) for e in embedded]
-        if (edit is not None or capture_positions is not None) and xs[0] is None:
-            raise ValueError("residual edits and captures apply to the PaliGemma (prefix) stream, which is not run")
+        stream0_options = edit is not None or capture_positions is not None or attention_queries is not None
+        if stream0_options and xs[0] is None:
+            raise ValueError(
+                "residual edits, captures and attention probabilities apply to the PaliGemma (prefix) stream, "
+                "which is not run"
+            )
+        if attention_queries is not None:
+            attention_queries = jnp.asarray(attention_queries, jnp.int32)
+            if attention_queries.ndim != 1:
+                raise ValueError(f"attention_queries must be 1-D int positions, got shape {attention_queries.shape}")
         if edit is not None:
             edit.validate(self.depth, xs[0].shape[1], self.configs[0].width)
             if edit.replace_embeddings is not None:
@@ -231,9 +284,10 @@ class Gemma(nnx.Module):
                 xs = [xs[0].at[:, edit.positions].add(layer_delta.astype(xs[0].dtype)), *xs[1:]]
             captured = None if capture_positions is None else xs[0][:, capture_positions]
             block = nnx.merge(graphdef, state)
-            xs, cache = block(xs, positions, mask, cache)
-            return xs, (cache, captured)
+            xs, cache, attention = block.forward(xs, positions, mask, cache, attention_queries)
+            # ``attention`` is None unless asked: a None leaf adds no scan output.
+            return xs, (cache, captured, attention)
 
-        xs, (kv_cache, captured) = lax.scan(run_layer, xs, (layer_state, kv_cache, delta))
+        xs, (kv_cache, captured, attention) = lax.scan(run_layer, xs, (layer_state, kv_cache, delta))
         outputs = [None if x is None else getattr(self, _suffix("final_norm", i))(x) for i, x in enumerate(xs)]
-        return outputs, kv_cache, captured
+        return outputs, kv_cache, captured, attention

@@ -184,19 +184,49 @@ class Pi0(nnx.Module):
     ) -> tuple[PrefixCache, jax.Array | None]:
         """Run the prefix once: returns its KV cache and, if asked, the residual stream entering each block at
         ``capture_positions`` ([depth, B, P, D]). ``edit`` is written into the stream on the way."""
+        cache, captured, _ = self._prefix_pass(obs, edit=edit, capture_positions=capture_positions)
+        return cache, captured
+
+    def _prefix_pass(
+        self,
+        obs: Observation,
+        *,
+        edit: ResidualEdit | None = None,
+        capture_positions: jax.Array | None = None,
+        attention_queries: jax.Array | None = None,
+    ) -> tuple[PrefixCache, jax.Array | None, jax.Array | None]:
+        """``encode_prefix`` plus, if asked, the prefix attention probabilities (see ``prefix_attention``)."""
         obs = self.preprocess(obs)
         tokens, mask, ar = self.embed_prefix(obs)
         attn_mask = ops.make_attn_mask(mask, ar)
         positions = jnp.cumsum(mask, axis=1) - 1
-        _, kv, captured = self.PaliGemma.llm(
-            [tokens, None], positions, attn_mask, edit=edit, capture_positions=capture_positions
+        _, kv, captured, attention = self.PaliGemma.llm.forward(
+            [tokens, None],
+            positions,
+            attn_mask,
+            edit=edit,
+            capture_positions=capture_positions,
+            attention_queries=attention_queries,
         )
-        return PrefixCache(kv=kv, mask=mask), captured
+        return PrefixCache(kv=kv, mask=mask), captured, attention
 
     def prefix_residuals(self, obs: Observation, positions, *, edit: ResidualEdit | None = None) -> jax.Array:
         """Residual stream entering every block at prefix ``positions``: [depth, B, P, D]. No action expert runs."""
         _, captured = self.encode_prefix(obs, edit=edit, capture_positions=jnp.asarray(positions, jnp.int32))
         return captured
+
+    def prefix_attention(self, obs: Observation, query_positions, *, edit: ResidualEdit | None = None) -> jax.Array:
+        """Attention probabilities of the prefix at every layer, for queries at prefix ``query_positions`` (e.g.
+        ``text_positions(slots)``): float32 [depth, B, num_heads, Q, prefix_len]. No action expert runs.
+
+        Each row is the layer's float32 softmax over all prefix keys, as the model computes it: it sums to 1 over
+        the keys the query sees and is exactly 0 on masked keys (masked cameras, prompt padding). A query that is
+        itself padding sees no key; the model then spreads it uniformly over all keys — weight rows by the
+        prompt mask. Asking for attention never changes the passes that do not ask (it is a trace-time option).
+        """
+        queries = jnp.asarray(query_positions, jnp.int32)
+        _, _, attention = self._prefix_pass(obs, edit=edit, attention_queries=queries)
+        return attention
 
     # ----------------------------------------------------------------------------------------------- suffix pass
     def velocity(self, obs: Observation, cache: PrefixCache, x_t: jax.Array, time: jax.Array) -> jax.Array:

@@ -41,8 +41,7 @@ class Policy:
         # The module is split once; its state is passed as an argument so that jit does not capture the weights.
         self._graphdef, self._state = nnx.split(model)
         self._sample = jax.jit(_sample, static_argnums=(0,), static_argnames=("num_steps",))
-        shape = (1, model.config.action_horizon, model.config.action_dim)
-        self._normal = jax.jit(lambda key: jax.random.normal(key, shape))
+        self._draw = jax.jit(_draw_noises, static_argnums=(2, 3))
 
     def prepare(self, obs: dict) -> tuple[Observation, np.ndarray, bool]:
         """Validate and transform a request: (model observation, float32 normalized state [B, 32], batched?)."""
@@ -76,11 +75,16 @@ class Policy:
         }
 
     # ---------------------------------------------------------------- lower-level steps, for servers that batch
-    def draw_noise(self) -> np.ndarray:
-        """Noise [1, H, D] for one request, advancing the policy key exactly as one ``infer`` call does: a request
-        served with it gets the actions ``infer`` would have returned at that point of the key sequence."""
-        self._rng, sample_rng = jax.random.split(self._rng)
-        return np.asarray(self._normal(sample_rng))
+    def draw_noises(self, count: int) -> np.ndarray:
+        """Noise [count, H, D] for ``count`` single-observation requests, advancing the policy key exactly as
+        ``count`` consecutive ``infer`` calls do (one split each): a request served with row i gets the actions
+        ``infer`` would have returned at that point of the key sequence. One device call whatever the count."""
+        if count == 0:
+            return np.zeros((0, self.model.config.action_horizon, self.model.config.action_dim), np.float32)
+        capacity = 1 << (count - 1).bit_length()  # power-of-two programs: bounded recompiles
+        shape = (self.model.config.action_horizon, self.model.config.action_dim)
+        self._rng, noise = self._draw(self._rng, count, capacity, shape)
+        return np.asarray(noise)[:count]
 
     def run_model(self, inputs: dict, noise: np.ndarray, edit: ResidualEdit | None = None) -> np.ndarray:
         """Model actions [B, H, D] (float32) for batched model inputs as returned by ``transforms.inputs``."""
@@ -109,3 +113,15 @@ class Policy:
         if noise.shape[0] != batch:
             noise = np.broadcast_to(noise, (batch, horizon, dim))
         return jnp.asarray(noise, jnp.float32)
+
+
+def _draw_noises(key, count, capacity: int, shape: tuple[int, int]):
+    """``count`` times: ``key, sub = split(key); normal(sub, (1, *shape))`` (Policy.infer's draw), in one program."""
+
+    def draw(i, carry):
+        key, out = carry
+        next_key, sub = jax.random.split(key)
+        out = out.at[i].set(jax.random.normal(sub, (1, *shape))[0])
+        return jnp.where(i < count, next_key, key), out
+
+    return jax.lax.fori_loop(0, capacity, draw, (key, jnp.zeros((capacity, *shape), jnp.float32)))

@@ -169,9 +169,9 @@ class BatchingEngine:
     def _run_group(self, jobs: list[Job]) -> None:
         start = time.monotonic()
         try:
-            noise = np.concatenate(
-                [job.noise if job.noise is not None else self.policy.draw_noise() for job in jobs], axis=0
-            )
+            # Rows without noise take the policy's next draws in arrival order, as consecutive infer calls would.
+            drawn = iter(self.policy.draw_noises(sum(job.noise is None for job in jobs)))
+            noise = np.stack([job.noise[0] if job.noise is not None else next(drawn) for job in jobs])
             actions, size, model_ms = self._run_rows([job.inputs for job in jobs], noise, [job.edit for job in jobs])
             outputs = self.policy.transforms.outputs(actions, np.concatenate([job.inputs["state"] for job in jobs]))
         except Exception as exc:  # one bad batch must not stop the server; every row hears why

@@ -28,6 +28,7 @@ FIELDS = {
     "layer": "block index for mode single_layer",
     "slots": "use only the first slots of the latents (the paper used 9)",
     "token_ids": "prompt token ids for mode obscure",
+    "interpolation": "lerp (the paper's) or slerp",
     "episode_id": "string or integer naming the episode",
     "step": "policy-call index within the episode, from 0",
 }
@@ -102,6 +103,7 @@ def parse_steering(raw: Any, latents: dict[str, TextLatent]) -> Steering:
             layer=None if raw.get("layer") is None else _int("layer", raw["layer"]),
             slots=None if raw.get("slots") is None else _int("slots", raw["slots"], 1),
             token_ids=token_ids,
+            interpolation=raw.get("interpolation", "lerp"),
         )
     except InterventionError as exc:
         raise SteeringError(str(exc)) from exc
