@@ -131,7 +131,7 @@ def test_capture_is_resumable_after_an_interruption(f32_policy, dataset, tmp_pat
     assert a.metadata["episodes"] == b.metadata["episodes"] and not partial.exists()
     again = capture_dataset(f32_policy, dataset, tmp_path / "b", **kwargs)
     assert again.skipped == resumed.written and again.frames == 0
-    with pytest.raises(LatentFileError, match="other settings.*frame_range"):
+    with pytest.raises(LatentFileError, match=r"other settings.*frame_range"):
         capture_dataset(f32_policy, dataset, tmp_path / "b", **{**kwargs, "frames": "0:2"})
 
 
@@ -141,7 +141,7 @@ def test_live_observations_give_the_same_latent_as_the_dataset(f32_policy, datas
         f32_policy, dataset, tmp_path, tasks=[task], episodes_per_task=1, frames="0:4", progress=False
     )
     batch = selected_frames(dataset, task, 1, "0:4")[0]
-    frames = [{k: (v[i] if k != "prompt" else v[i]) for k, v in batch.items()} for i in range(4)]
+    frames = [{k: v[i] for k, v in batch.items()} for i in range(4)]
     live = capture_observations(f32_policy, frames, batch_size=3)
     np.testing.assert_allclose(
         live[task].states, TextLatent.load(from_dataset.written[task]).states, rtol=1e-6, atol=1e-6
