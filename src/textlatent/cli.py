@@ -221,6 +221,9 @@ class PolicyArgs:
     override: tuple[str, ...] = ()
     """Config overrides KEY=VALUE, e.g. paligemma_variant=dummy or dtype=float32."""
 
+    def __post_init__(self):
+        parse_overrides(self.override)  # a malformed override fails before anything slow runs
+
     def load(self):
         return load_cli_policy(self.config, self.checkpoint, self.tokenizer, self.override)
 
@@ -361,11 +364,55 @@ class LatentsImportPaper:
             print(path)
 
 
+@dataclasses.dataclass
+class LatentsAttention(PolicyArgs):
+    """The paper's spatial-overfitting view: per layer, how much the prompt tokens (or one word) attend to — or, with
+    --kind alignment, align with — each image patch of a dataset frame, drawn over the camera images as PNGs."""
+
+    dataset: str = ""
+    """LeRobot dataset: a local directory or hf://datasets/owner/name."""
+    task: str = ""
+    """Task string or index; its first episode is used."""
+    frame: int = 0
+    """frame_index within that episode."""
+    layers: tuple[int, ...] = (1, 6, 12, 17)
+    token: str | None = None
+    """A word of the prompt (e.g. 'bowl') or a slot number; default: every real prompt token."""
+    kind: Literal["attention", "alignment"] = "attention"
+    latent: pathlib.Path | None = None
+    """With --kind alignment: compare patches with this latent's states instead of the prompt's own."""
+    out: pathlib.Path = pathlib.Path("attention")
+
+    def run(self) -> None:
+        from textlatent.data import LeRobotDataset, libero_observation
+        from textlatent.latents import TextLatent
+        from textlatent.latents.analysis import plot_patch_maps, prompt_to_image_alignment, prompt_to_image_attention
+
+        if not self.dataset or not self.task:
+            raise SystemExit("--dataset and --task are required")
+        dataset = LeRobotDataset.open(self.dataset)
+        task = int(self.task) if self.task.isdigit() else self.task
+        selection = dataset.select(tasks=[task], episodes_per_task=1, frames=f"{self.frame}:{self.frame + 1}")
+        request = libero_observation(next(iter(dataset.iter_frames(selection, batch_size=1))))
+        token = int(self.token) if self.token is not None and self.token.isdigit() else self.token
+        policy = self.load()
+        if self.kind == "attention":
+            maps = prompt_to_image_attention(policy, request, list(self.layers), token)
+        else:
+            latent = None if self.latent is None else TextLatent.load(self.latent)
+            maps = prompt_to_image_alignment(policy, request, list(self.layers), token, latent=latent)
+        self.out.mkdir(parents=True, exist_ok=True)
+        for layer in maps.layers:
+            path = plot_patch_maps(maps, layer, self.out / f"{self.kind}_layer{layer:02d}.png")
+            print(f"saved {path}")
+
+
 LATENT_COMMANDS = {
     "capture": LatentsCapture,
     "decode": LatentsDecode,
     "inspect": LatentsInspect,
     "similarity": LatentsSimilarity,
+    "attention": LatentsAttention,
     "import-paper": LatentsImportPaper,
 }
 
