@@ -216,10 +216,12 @@ def resolve(
     h1, h2 = t_a.copy(), t_b.copy()
     h1[1:] = t_a[1:] - t_b[1:]
     h2[1:] = t_b[1:] - t_a[1:]
+    mixed = (one_minus * h1 + a * h2).astype(act)
     if intervention.interpolation == "slerp":
-        mixed = slerp(h1.astype(np.float32), h2.astype(np.float32), alpha).astype(act)
-    else:
-        mixed = (one_minus * h1 + a * h2).astype(act)
+        # Where the endpoints have no great circle (TLI's H2 = -H1 at layers >= 1) the mix stays the lerp above,
+        # bit for bit in the activation dtype, not a float32 lerp rounded once.
+        spherical, turns = _spherical(h1.astype(np.float32), h2.astype(np.float32), alpha)
+        mixed = np.where(turns, spherical.astype(act), mixed)
 
     delta = replace = None
     slots = np.arange(k)
@@ -252,6 +254,16 @@ def slerp(h1: np.ndarray, h2: np.ndarray, alpha: float) -> np.ndarray:
     """Spherical interpolation of each vector along the last axis: the direction turns through the angle Ω between
     the endpoints (sin((1-α)Ω)·û₁ + sin(αΩ)·û₂)/sin Ω while the norm goes linearly from |h1| to |h2|. Falls back to the
     linear mix where Ω is ~0 or ~π (no unique great circle)."""
+    spherical, turns = _spherical(h1, h2, alpha)
+    return np.where(turns, spherical, (1 - alpha) * h1 + alpha * h2)
+
+
+def _spherical(h1: np.ndarray, h2: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """The spherical mix (in the inputs' dtype) and where it is defined. Computed in float64: in float32, cos Ω of
+    exactly antiparallel vectors comes out up to ~1e-7 above -1, i.e. Ω ~5e-4 short of π, which passed the sin Ω
+    test and turned the mix of h and -h into cos(απ)·h instead of the lerp (1-2α)·h."""
+    dtype = np.result_type(h1, h2)
+    h1, h2 = np.asarray(h1, np.float64), np.asarray(h2, np.float64)
     n1 = np.linalg.norm(h1, axis=-1, keepdims=True)
     n2 = np.linalg.norm(h2, axis=-1, keepdims=True)
     u1 = np.divide(h1, n1, out=np.zeros_like(h1), where=n1 > 0)
@@ -259,8 +271,8 @@ def slerp(h1: np.ndarray, h2: np.ndarray, alpha: float) -> np.ndarray:
     cos = np.clip(np.sum(u1 * u2, axis=-1, keepdims=True), -1.0, 1.0)
     omega = np.arccos(cos)
     sin = np.sin(omega)
-    safe = (sin > 1e-4) & (n1 > 0) & (n2 > 0)
-    sin_safe = np.where(safe, sin, 1.0)
+    turns = (sin > 1e-4) & (n1 > 0) & (n2 > 0)
+    sin_safe = np.where(turns, sin, 1.0)
     direction = (np.sin((1 - alpha) * omega) * u1 + np.sin(alpha * omega) * u2) / sin_safe
     spherical = direction * ((1 - alpha) * n1 + alpha * n2)
-    return np.where(safe, spherical, (1 - alpha) * h1 + alpha * h2)
+    return spherical.astype(dtype), turns
