@@ -54,7 +54,7 @@ class Schedule:
 
     ``linear`` is the paper's: ``linspace(0, 1, N+2)`` in the activation dtype, indexed at ``min(s, N+1)`` (α reaches 1
     at call N+1 and stays). ``cosine`` eases the same ramp: ``(1 - cos(π·r))/2`` with ``r = min(s, N+1)/(N+1)``.
-    ``switch`` jumps from 0 to 1 where the linear ramp crosses 0.5. ``constant`` is ``value`` at every call.
+    ``switch`` jumps from 0 to 1 where the linear ramp reaches 0.5. ``constant`` is ``value`` at every call.
     """
 
     kind: Literal["linear", "cosine", "switch", "constant"] = "linear"
@@ -84,7 +84,7 @@ class Schedule:
         elif self.kind == "cosine":
             value = (1 - math.cos(math.pi * index / n)) / 2
         else:
-            value = float(index / n > 0.5)
+            value = float(index / n >= 0.5)  # the paper's switch_interp takes B from α = 0.5 on
         return float(np.asarray(value, np.float32).astype(dtype).astype(np.float32))
 
 
