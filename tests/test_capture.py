@@ -90,7 +90,7 @@ def test_bf16_capture_sums_bf16_states_in_float32(bf16_policy, dataset):
     own bf16 states taken one frame at a time and summed in float64."""
     task = TASKS[0]
     requests = selected_frames(dataset, task, 3, "1:5")
-    capture = LatentCapture(bf16_policy, batch_size=4)
+    capture = LatentCapture(bf16_policy, batch_size=4, exact_padding=True)  # the full layout, as the paper
     for request in requests:
         capture.add(request)
     latent = capture.latent(task, slots=9)
@@ -159,3 +159,16 @@ def test_prompts_in_one_batch_are_kept_apart(f32_policy, dataset):
     for task in TASKS[:2]:
         np.testing.assert_allclose(together.latent(task).states, apart.latent(task).states, rtol=1e-6, atol=1e-6)
         assert together.latent(task).metadata["frames"] == 2
+
+
+def test_compact_capture_keeps_real_tokens_and_refuses_padding_windows(f32_policy, dataset):
+    requests = selected_frames(dataset, TASKS[1], 2, "0:3")
+    compact, full = LatentCapture(f32_policy, batch_size=4), LatentCapture(f32_policy, batch_size=4, exact_padding=True)
+    for request in requests:
+        compact.add(request)
+        full.add(request)
+    np.testing.assert_allclose(compact.latent(TASKS[1]).states, full.latent(TASKS[1]).states, rtol=1e-5, atol=1e-5)
+    longest = f32_policy.model.config.max_token_len
+    with pytest.raises(ValueError, match="exact_padding=True"):
+        compact.latent(TASKS[1], slots=longest)
+    assert full.latent(TASKS[1], slots=longest).num_slots == longest

@@ -26,6 +26,7 @@ from flax import nnx
 import textlatent
 from textlatent.latents.latent import LatentFileError, TextLatent
 from textlatent.model import Observation
+from textlatent.model.pi0 import compact_observation
 from textlatent.policy import Policy
 
 logger = logging.getLogger(__name__)
@@ -51,11 +52,15 @@ class LatentCapture:
     """Running per-prompt sums of prompt-token residuals. ``add`` takes LIBERO requests (the policy's input format,
     batched or not); ``latents`` returns the averages as ``TextLatent`` values."""
 
-    def __init__(self, policy: Policy, *, batch_size: int = 32):
+    def __init__(self, policy: Policy, *, batch_size: int = 32, exact_padding: bool = False):
+        """``exact_padding``: run the full prefix layout, so that states of padding slots (read by a fixed window
+        longer than a prompt, like the paper's 9 slots) are the paper's. Otherwise the masked camera and trailing
+        padding are left out (``compact_observation``): real prompt tokens are unchanged, and much faster."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.policy = policy
         self.batch_size = batch_size
+        self.exact_padding = exact_padding
         self._graphdef, self._state = nnx.split(policy.model)
         self._sums = jax.jit(_prompt_sums, static_argnums=(0,))
         self.running: dict[str, _Running] = {}
@@ -76,7 +81,10 @@ class LatentCapture:
         padded = np.concatenate([rows, np.full(self.batch_size - len(rows), rows[0])])
         weights = (np.arange(self.batch_size) < len(rows)).astype(np.float32)
         batch = jax.tree.map(lambda x: x[padded], inputs)
-        sums = self._sums(self._graphdef, self._state, Observation.from_dict(batch), jnp.asarray(weights))
+        observation = Observation.from_dict(batch)
+        if not self.exact_padding:
+            observation = compact_observation(observation, self.policy.model.config.max_token_len)
+        sums = self._sums(self._graphdef, self._state, observation, jnp.asarray(weights))
         entry = self.running.get(prompt)
         if entry is None:
             mask = batch["tokenized_prompt_mask"][0]
@@ -96,6 +104,11 @@ class LatentCapture:
         count = entry.num_tokens if slots is None else slots
         if not 1 <= count <= width:
             raise ValueError(f"slots must be between 1 and the model's {width} prompt slots, got {slots}")
+        if count > entry.num_tokens and not self.exact_padding:
+            raise ValueError(
+                f"slots={count} reaches past the {entry.num_tokens} real tokens of {prompt!r}: padding states depend "
+                "on the prefix layout; capture with LatentCapture(..., exact_padding=True) to read them as the paper"
+            )
         mean = np.asarray(entry.sums)[:, :count] / entry.frames
         meta = {**(metadata or {}), "frames": entry.frames, "num_prompt_tokens": entry.num_tokens, "slots": count}
         return TextLatent(mean.astype(np.float32), entry.token_ids[:count], prompt, meta)
@@ -161,7 +174,7 @@ def capture_observations(
     policy: Policy, observations: Iterable[dict], *, batch_size: int = 32, slots: int | None = None
 ) -> dict[str, TextLatent]:
     """Latents from live observations (requests as sent to the policy, e.g. recorded during rollouts), per prompt."""
-    capture = LatentCapture(policy, batch_size=batch_size)
+    capture = LatentCapture(policy, batch_size=batch_size, exact_padding=slots is not None)
     pending: list[dict] = []
     for obs in observations:
         pending.append(obs)
@@ -241,7 +254,7 @@ def capture_dataset(
             skipped[task] = path
             bar.update(sum(len(s.frame_indices) for s in selection))
             continue
-        capture = LatentCapture(policy, batch_size=batch_size)
+        capture = LatentCapture(policy, batch_size=batch_size, exact_padding=slots is not None)
         done: list[int] = []
         if partial.exists() and resume:
             done = _restore_partial(capture, partial, task, settings)

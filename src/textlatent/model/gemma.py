@@ -270,7 +270,8 @@ class Gemma(nnx.Module):
                         jnp.broadcast_to(
                             edit.replace_embeddings.astype(xs[0].dtype),
                             (xs[0].shape[0], *edit.replace_embeddings.shape[1:]),
-                        )
+                        ),
+                        mode="drop",
                     )
                 )
         delta = None if edit is None else edit.delta
@@ -281,8 +282,12 @@ class Gemma(nnx.Module):
         def run_layer(xs, layer_in):
             state, cache, layer_delta = layer_in
             if layer_delta is not None:
-                xs = [xs[0].at[:, edit.positions].add(layer_delta.astype(xs[0].dtype)), *xs[1:]]
-            captured = None if capture_positions is None else xs[0][:, capture_positions]
+                xs = [xs[0].at[:, edit.positions].add(layer_delta.astype(xs[0].dtype), mode="drop"), *xs[1:]]
+            captured = (
+                None
+                if capture_positions is None
+                else jnp.take(xs[0], capture_positions, axis=1, mode="fill", fill_value=jnp.nan)
+            )
             block = nnx.merge(graphdef, state)
             xs, cache, attention = block.forward(xs, positions, mask, cache, attention_queries)
             # ``attention`` is None unless asked: a None leaf adds no scan output.

@@ -27,6 +27,9 @@ class Observation:
     state: jax.Array  # [B, action_dim]
     tokenized_prompt: jax.Array | None = None  # int[B, L]
     tokenized_prompt_mask: jax.Array | None = None  # bool[B, L]
+    absent_cameras: tuple[str, ...] = struct.field(pytree_node=False, default=())
+    """Cameras left out of ``images`` because they are masked in every row (see ``compact_observation``): static,
+    so each layout compiles once."""
 
     @classmethod
     def from_dict(cls, data: dict) -> Observation:
@@ -47,6 +50,39 @@ class Observation:
             tokenized_prompt=data.get("tokenized_prompt"),
             tokenized_prompt_mask=data.get("tokenized_prompt_mask"),
         )
+
+
+def compact_observation(obs: Observation, max_token_len: int, *, min_prompt_len: int = 16) -> Observation:
+    """The same observation without the work that cannot change a valid token: cameras masked in every row are
+    dropped, and prompt columns past the last valid token are cut to a bucket (min_prompt_len, 2×, …, max_token_len,
+    so few shapes compile). Runs on the host with concrete masks.
+
+    Valid tokens see only valid keys, so their values — and the actions — are those of the full layout up to float
+    rounding (reductions over fewer exact zeros). Padding tokens attend to every key, so *their* values change: keep
+    the full layout where padding states are read (the paper's fixed 9-slot window on shorter prompts)."""
+    absent = tuple(
+        key
+        for key, mask in obs.image_masks.items()
+        if key in obs.images and mask is not None and not np.any(np.asarray(mask))
+    )
+    images = {k: v for k, v in obs.images.items() if k not in absent}
+    masks = {k: v for k, v in obs.image_masks.items() if k not in absent}
+    tokens, prompt_mask = obs.tokenized_prompt, obs.tokenized_prompt_mask
+    if prompt_mask is not None:
+        valid = np.asarray(prompt_mask)
+        needed = int(valid.shape[1] - np.argmax(valid[:, ::-1].any(axis=0))) if valid.any() else 1
+        length = min_prompt_len
+        while length < needed:
+            length *= 2
+        length = min(length, max_token_len, valid.shape[1])
+        tokens, prompt_mask = tokens[:, :length], prompt_mask[:, :length]
+    return obs.replace(
+        images=images,
+        image_masks=masks,
+        tokenized_prompt=tokens,
+        tokenized_prompt_mask=prompt_mask,
+        absent_cameras=tuple(sorted({*obs.absent_cameras, *absent})),
+    )
 
 
 def resize_with_pad(images: jax.Array, height: int, width: int) -> jax.Array:
@@ -128,14 +164,38 @@ class Pi0(nnx.Module):
         return self.config.text_start + slots
 
     # ------------------------------------------------------------------------------------------------------ inputs
+    def present_cameras(self, obs: Observation) -> tuple[str, ...]:
+        return tuple(k for k in self.config.image_keys if k not in obs.absent_cameras)
+
+    def prefix_layout(self, obs: Observation) -> np.ndarray | None:
+        """Where each canonical prefix position (``prefix_len`` of them: every camera, ``max_token_len`` prompt slots)
+        sits in ``obs``'s prefix: int[prefix_len], ``-1`` where it was left out. None when the layouts agree."""
+        prompt_len = self.config.max_token_len if obs.tokenized_prompt is None else obs.tokenized_prompt.shape[1]
+        if not obs.absent_cameras and prompt_len == self.config.max_token_len:
+            return None
+        n = self.config.tokens_per_image
+        index, start = [], 0
+        for key in self.config.image_keys:
+            if key in obs.absent_cameras:
+                index += [-1] * n
+            else:
+                index += range(start, start + n)
+                start += n
+        slots = np.arange(self.config.max_token_len)
+        index += list(np.where(slots < prompt_len, start + slots, -1))
+        return np.asarray(index, np.int32)
+
     def preprocess(self, obs: Observation) -> Observation:
         """Resize images to the model resolution if needed, order them as ``image_keys``, default masks to True."""
-        missing = [k for k in self.config.image_keys if k not in obs.images]
+        unknown = [k for k in obs.absent_cameras if k not in self.config.image_keys or k in obs.images]
+        if unknown:
+            raise ValueError(f"absent_cameras {unknown} must be image keys that are not in the observation")
+        missing = [k for k in self.present_cameras(obs) if k not in obs.images]
         if missing:
             raise ValueError(f"observation lacks images {missing}; expected keys {list(self.config.image_keys)}")
         batch_shape = obs.state.shape[:-1]
         images, masks = {}, {}
-        for key in self.config.image_keys:
+        for key in self.present_cameras(obs):
             image = obs.images[key]
             if tuple(image.shape[1:3]) != self.config.image_resolution:
                 logger.info("Resizing image %s from %s to %s", key, image.shape[1:3], self.config.image_resolution)
@@ -148,7 +208,7 @@ class Pi0(nnx.Module):
     def embed_prefix(self, obs: Observation) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Image tokens (in ``image_keys`` order) then prompt embeddings: ([B, P, D], valid bool[B, P], ar bool[P])."""
         tokens, masks, ar = [], [], []
-        for key in self.config.image_keys:
+        for key in self.present_cameras(obs):
             image_tokens = self.PaliGemma.img(obs.images[key])
             tokens.append(image_tokens)
             masks.append(jnp.repeat(obs.image_masks[key][:, None], image_tokens.shape[1], axis=1))
@@ -200,6 +260,18 @@ class Pi0(nnx.Module):
         tokens, mask, ar = self.embed_prefix(obs)
         attn_mask = ops.make_attn_mask(mask, ar)
         positions = jnp.cumsum(mask, axis=1) - 1
+        layout = self.prefix_layout(obs)
+        if layout is not None:
+            # Callers address the canonical layout; left-out positions map past the end (writes there are dropped,
+            # reads give NaN).
+            length = tokens.shape[1]
+            table = jnp.asarray(np.where(layout < 0, length, layout), jnp.int32)
+            if edit is not None:
+                edit = edit.replace(positions=table[jnp.asarray(edit.positions, jnp.int32)])
+            if capture_positions is not None:
+                capture_positions = table[jnp.asarray(capture_positions, jnp.int32)]
+            if attention_queries is not None:
+                raise ValueError("attention maps need the full prefix layout; pass an uncompacted observation")
         _, kv, captured, attention = self.PaliGemma.llm.forward(
             [tokens, None],
             positions,

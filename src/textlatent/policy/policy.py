@@ -11,6 +11,7 @@ import numpy as np
 from flax import nnx
 
 from textlatent.model import Observation, Pi0, ResidualEdit
+from textlatent.model.pi0 import compact_observation
 from textlatent.policy.config import PolicyConfig
 from textlatent.policy.transforms import LiberoTransforms, ObservationError
 
@@ -32,11 +33,15 @@ class Policy:
         *,
         rng: jax.Array | None = None,
         metadata: dict[str, Any] | None = None,
+        compact: bool = True,
     ):
+        """``compact``: leave cameras masked in every row (LIBERO's third) and prompt padding past a bucket out of the
+        prefix (``compact_observation``): the same actions up to float rounding, much less work."""
         self.model = model
         self.config = config
         self.transforms = transforms
         self.metadata = dict(metadata or {})
+        self.compact = compact
         self._rng = jax.random.key(0) if rng is None else rng
         # The module is split once; its state is passed as an argument so that jit does not capture the weights.
         self._graphdef, self._state = nnx.split(model)
@@ -64,7 +69,13 @@ class Policy:
             noise = self._check_noise(noise, batch)
         model_start = time.monotonic()
         actions = self._sample(
-            self._graphdef, self._state, sample_rng, observation, noise, edit, num_steps=self.config.num_steps
+            self._graphdef,
+            self._state,
+            sample_rng,
+            self._layout(observation),
+            noise,
+            edit,
+            num_steps=self.config.num_steps,
         )
         actions = np.asarray(jax.device_get(actions))  # waits for the device: the timing below is the real one
         model_ms = (time.monotonic() - model_start) * 1000
@@ -89,7 +100,7 @@ class Policy:
     def run_model(self, inputs: dict, noise: np.ndarray, edit: ResidualEdit | None = None) -> np.ndarray:
         """Model actions [B, H, D] (float32) for batched model inputs as returned by ``transforms.inputs``."""
         inputs = {k: v for k, v in inputs.items() if k != "batched"}
-        observation = Observation.from_dict(inputs)
+        observation = self._layout(Observation.from_dict(inputs))
         actions = self._sample(
             self._graphdef,
             self._state,
@@ -100,6 +111,11 @@ class Policy:
             num_steps=self.config.num_steps,
         )
         return np.asarray(jax.device_get(actions))
+
+    def _layout(self, observation: Observation) -> Observation:
+        if not self.compact:
+            return observation
+        return compact_observation(observation, self.model.config.max_token_len)
 
     def _check_noise(self, noise, batch: int) -> jax.Array:
         noise = np.asarray(noise)

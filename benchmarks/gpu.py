@@ -1,0 +1,153 @@
+"""π0 on one GPU: speed against the compute floor, and the correctness of every speed-up, in one table.
+
+Full-size π0 (3.24 B parameters) with random bf16 weights, LIBERO layout (3 camera slots, the third masked; a
+12-token prompt in 48 slots; 10 flow steps). "full layout" is the prefix as openpi computes it (816 tokens);
+"compact" leaves out the always-masked camera and the prompt padding past 16 slots (528 tokens), as `Policy` and
+`LatentCapture` do by default. Floors (`../shared/spec/peers.md` §3.5): 5.5 ms per chunk, 330 frames/s of capture.
+
+    XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONPATH=src python benchmarks/gpu.py --out benchmarks/results/gpu_h100.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from pi0_latency import libero_observation, random_params
+
+from textlatent.checkpoint import model_from_params
+from textlatent.latents.capture import _prompt_sums
+from textlatent.model import Pi0Config, ResidualEdit
+from textlatent.model.pi0 import compact_observation
+
+VARIANTS = {
+    "full": {},
+    "tiny": {
+        "paligemma_variant": "tiny",
+        "action_expert_variant": "tiny_expert",
+        "siglip_variant": "tiny/14",
+        "image_resolution": (56, 56),
+        "vocab_size": 256,
+        "max_token_len": 12,
+        "action_horizon": 6,
+    },
+}
+CHUNK_FLOOR_MS = 5.5
+CAPTURE_FLOOR_FPS = 330.0
+
+
+def timed(fn, repeats: int) -> float:
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="full", help="tiny: a quick check of this script")
+    parser.add_argument("--out", type=pathlib.Path)
+    args = parser.parse_args()
+
+    config = Pi0Config(dtype="bfloat16", **VARIANTS[args.variant])
+    params = random_params(config, jnp.bfloat16)
+    model = model_from_params(config, params)
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def sample(state, obs, noise, edit):
+        return nnx.merge(graphdef, state).sample_actions(None, obs, noise=noise, edit=edit)
+
+    sums = jax.jit(_prompt_sums, static_argnums=(0,))
+    llm = config.paligemma
+    tli = ResidualEdit(  # a TLI write: 9 prompt slots, layers 1..17 (values random; the cost is what matters)
+        positions=model.text_positions(jnp.arange(9)),
+        delta=jax.random.normal(jax.random.key(3), (llm.depth, 1, 9, llm.width), jnp.bfloat16).at[0].set(0),
+    )
+
+    rows, checks = [], []
+    for batch in (1, 8):
+        full = libero_observation(config, batch)
+        compact = compact_observation(full, config.max_token_len)
+        noise = jax.random.normal(jax.random.key(1), (batch, config.action_horizon, config.action_dim))
+        for name, obs, edit in (("full layout", full, None), ("compact", compact, None), ("compact + TLI", compact, tli)):
+            ms = timed(lambda obs=obs, edit=edit, noise=noise: sample(state, obs, noise, edit), args.repeats)
+            rows.append((f"sample_actions, {name}, batch {batch}", ms, f"{batch / ms * 1000:.1f} chunks/s",
+                         f"{CHUNK_FLOOR_MS * batch / ms * 100:.0f}%" if batch == 1 else ""))  # fmt: skip
+        a_full = np.asarray(sample(state, full, noise, None), np.float32)
+        a_compact = np.asarray(sample(state, compact, noise, None), np.float32)
+        checks.append(
+            f"batch {batch}: compact vs full layout max |Δ actions| = {np.abs(a_compact - a_full).max():.3g} "
+            f"(bf16 rounding at the actions' scale: {np.abs(a_full).max() * 2**-8:.3g})"
+        )
+
+    for batch in (1, 32, 64):
+        full = libero_observation(config, batch)
+        weights = jnp.ones(batch, jnp.float32)
+        layouts = [("compact", compact_observation(full, config.max_token_len))]
+        if batch == 32:
+            layouts.insert(0, ("full layout", full))
+        for name, obs in layouts:
+            ms = timed(lambda obs=obs, w=weights: sums(graphdef, state, obs, w), max(5, args.repeats // 2))
+            fps = batch / ms * 1000
+            rows.append((f"latent capture (prefix only), {name}, batch {batch}", ms, f"{fps:.1f} frames/s",
+                         f"{fps / CAPTURE_FLOOR_FPS * 100:.0f}%"))  # fmt: skip
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+
+    # Same weights in float32: how far is bf16 serving arithmetic from full precision?
+    f32_config = Pi0Config(dtype="float32", **VARIANTS[args.variant])
+    f32 = model_from_params(f32_config, jax.tree.map(lambda x: x.astype(jnp.float32), params))
+    f32_graphdef, f32_state = nnx.split(f32)
+    obs = compact_observation(libero_observation(config, 1), config.max_token_len)
+    noise = jax.random.normal(jax.random.key(1), (1, config.action_horizon, config.action_dim))
+    a16 = np.asarray(sample(state, obs, noise, None), np.float32)
+    a32 = np.asarray(jax.jit(lambda s, o, n: nnx.merge(f32_graphdef, s).sample_actions(None, o, noise=n))(f32_state, obs, noise))
+    checks.append(f"bf16 vs float32 actions (same weights, batch 1): relative L2 error {np.linalg.norm(a16 - a32) / np.linalg.norm(a32):.2e}")
+
+    device = jax.devices()[0]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = "?"
+    lines = [
+        f"# π0 on one GPU ({args.variant}, random bf16 weights, LIBERO layout)",
+        "",
+        f"device: {getattr(device, 'device_kind', device.platform)}; jax {jax.__version__}; python "
+        f"{platform.python_version()}; date {datetime.date.today()}; commit {commit or '?'}; median of {args.repeats}",
+        "",
+        "| what | median ms | rate | % of floor |",
+        "|---|---|---|---|",
+        *[f"| {name} | {ms:.2f} | {rate} | {pct} |" for name, ms, rate, pct in rows],
+        "",
+        f"peak device memory (bf16 model, all runs above, before the float32 copy): {peak / 2**30:.2f} GiB"
+        if peak
+        else "peak device memory: not reported by this backend",
+        "",
+        *[f"- {c}" for c in checks],
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
