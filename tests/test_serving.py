@@ -334,6 +334,7 @@ def test_episode_id_numbers_policy_calls(server):
         ({"mode": "single_layer", "latents": ["plate", "stove"], "step": 0}, "'layer' is required"),
         ({"mode": "tli", "latents": ["plate", "stove"], "step": 0, "slots": 20}, "only 7 slots"),
         ("tli", "must be a map"),
+        ({"mode": "obscure", "token_ids": [2, 10**6]}, "below the model's vocabulary size"),
     ],
 )
 def test_bad_steering_gets_a_clear_error(server, steering, message):
@@ -357,6 +358,17 @@ def test_bad_steering_gets_a_clear_error(server, steering, message):
         (packb({**libero_obs(), "observation/image": np.zeros((8, 8, 3), np.int64)}), "must be uint8"),
         (packb({**libero_obs(), "observation/image": np.zeros((1, 9000, 3), np.uint8)}), "limit is 4096"),
         (packb({**libero_obs(), "prompt": 3}), "must be a string"),
+        (
+            packb(
+                {
+                    "observation/image": np.zeros((2, 4, 4, 3), np.uint8),
+                    "observation/wrist_image": np.zeros((2, 4, 4, 3), np.uint8),
+                    "observation/state": np.zeros((2, 8)),
+                    "prompt": 7,
+                }
+            ),
+            "string or a list of strings",
+        ),
         (packb({**libero_obs(), "observation/state": [[1, 2], [3]]}), "rectangular numeric array"),
         (packb({**libero_obs(), "observation/image": {"a": 1}}), "must be an array, got dict"),
         (packb({**libero_obs(), "observation/image": [1, "a"]}), "must be a numeric"),
@@ -370,6 +382,7 @@ def test_bad_steering_gets_a_clear_error(server, steering, message):
             ),
             "at most 64 observations",
         ),
+        (packb({**libero_obs(), "noise": [[1.0, 2.0], [3.0]]}), "noise must be a rectangular numeric array"),
         (packb({**libero_obs(), "noise": np.zeros((2, 2))}), "noise must be float"),
         (packb({**libero_obs(), "noise": np.full((H, D), np.inf)}), "NaN or inf"),
     ],

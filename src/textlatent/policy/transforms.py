@@ -27,7 +27,7 @@ class ObservationError(ValueError):
     """A request that cannot be turned into model inputs; the message names the field and the fix."""
 
 
-def _as_array(name: str, value) -> np.ndarray:
+def as_array(name: str, value) -> np.ndarray:
     """``np.asarray`` for request fields: ragged lists, dicts and other non-arrays are the caller's error."""
     if isinstance(value, dict | str | bytes) or value is None:
         raise ObservationError(f"{name} must be an array, got {type(value).__name__}")
@@ -41,7 +41,7 @@ def _as_array(name: str, value) -> np.ndarray:
 
 
 def _parse_image(name: str, image, batched: bool) -> np.ndarray:
-    image = _as_array(name, image)
+    image = as_array(name, image)
     if image.dtype == object or not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
         raise ObservationError(f"{name} must be a numeric image array, got dtype {image.dtype}")
     want_ndim = 4 if batched else 3
@@ -100,10 +100,12 @@ def _prompts(obs: dict, batch: int | None, default: str | None) -> list[str]:
         items = [prompt]
     elif isinstance(prompt, str):
         items = [prompt] * batch
-    else:
+    elif isinstance(prompt, np.ndarray | list | tuple):
         items = list(np.asarray(prompt).reshape(-1)) if isinstance(prompt, np.ndarray) else list(prompt)
         if len(items) != batch:
             raise ObservationError(f"{PROMPT_KEY!r} has {len(items)} entries for a batch of {batch}")
+    else:
+        raise ObservationError(f"{PROMPT_KEY!r} of a batch must be a string or a list of strings, got {type(prompt).__name__}")
     out = []
     for item in items:
         if isinstance(item, np.str_ | np.bytes_):
@@ -148,7 +150,7 @@ class LiberoTransforms:
             raise ObservationError(
                 f"the request lacks {missing}; a LIBERO request has {list(REQUIRED_KEYS)} and {PROMPT_KEY!r}"
             )
-        state = _as_array(STATE_KEY, obs[STATE_KEY])
+        state = as_array(STATE_KEY, obs[STATE_KEY])
         if state.ndim not in (1, 2):
             raise ObservationError(
                 f"{STATE_KEY} must have shape [{self.state_dims}] or [batch, {self.state_dims}], got {state.shape}"
@@ -158,7 +160,7 @@ class LiberoTransforms:
     def inputs(self, obs: dict) -> dict:
         """Request → batched model inputs (numpy): image/image_mask dicts, state float32 [B, 32], prompt ids/mask."""
         batched = self.is_batched(obs)
-        state = _as_array(STATE_KEY, obs[STATE_KEY])
+        state = as_array(STATE_KEY, obs[STATE_KEY])
         if not (np.issubdtype(state.dtype, np.floating) or np.issubdtype(state.dtype, np.integer)):
             raise ObservationError(f"{STATE_KEY} must be numeric, got dtype {state.dtype}")
         if state.shape[-1] != self.state_dims:

@@ -31,7 +31,7 @@ from textlatent.latents.interventions import InterventionError, resolve
 from textlatent.latents.latent import TextLatent
 from textlatent.model import gemma_config
 from textlatent.policy import ObservationError, Policy
-from textlatent.policy.transforms import PROMPT_KEY, REQUIRED_KEYS, STATE_KEY
+from textlatent.policy.transforms import PROMPT_KEY, REQUIRED_KEYS, STATE_KEY, as_array
 from textlatent.serving.batching import BatchingEngine, Job
 from textlatent.serving.steering import STEERING_KEY, EpisodeCounter, SteeringError, parse_steering
 from textlatent.serving.wire import WireError, packb, unpackb
@@ -168,6 +168,10 @@ class PolicyServer:
         steering = None
         if STEERING_KEY in message:
             steering = parse_steering(message.pop(STEERING_KEY), self.latents)
+            ids = steering.intervention.token_ids
+            vocab = self.policy.model.config.vocab_size
+            if ids is not None and max(ids) >= vocab:
+                raise RequestError(f"steering.token_ids must be below the model's vocabulary size {vocab}, got {max(ids)}")
         noise = message.pop(NOISE_KEY, None)
         if self.policy.transforms.is_batched(message):
             rows = len(message[STATE_KEY])
@@ -210,7 +214,7 @@ class PolicyServer:
     def _noise_rows(self, noise: Any, batch: int) -> list[np.ndarray]:
         model = self.policy.model.config
         h, d = model.action_horizon, model.action_dim
-        noise = np.asarray(noise)
+        noise = as_array(NOISE_KEY, noise)
         if not np.issubdtype(noise.dtype, np.floating) or noise.shape not in ((h, d), (1, h, d), (batch, h, d)):
             raise RequestError(
                 f"noise must be float [{h}, {d}] or [{batch}, {h}, {d}], got {noise.dtype} {noise.shape}"
