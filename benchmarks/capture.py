@@ -11,14 +11,9 @@ capture path on the same model: a full forward with the action expert and the fl
 from __future__ import annotations
 
 import argparse
-import datetime
 import pathlib
-import platform
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from common import environment, median_ms
 from pi0_latency import random_params
 
 from textlatent.checkpoint import model_from_params
@@ -47,17 +43,8 @@ def build_policy(variant: str) -> Policy:
     config = get_config("pi0_libero", **VARIANTS[variant])
     model = model_from_params(config.model, random_params(config.model, jnp.bfloat16))
     tokenizer_path = train_tokenizer(pathlib.Path(tempfile.mkdtemp()) / "tok.model")
-    transforms = LiberoTransforms(
-        tokenizer=PaligemmaTokenizer(tokenizer_path, max_len=config.model.max_token_len),
-        norm_stats=random_norm_stats(8, 7, seed=0),
-        model_action_dim=config.model.action_dim,
-        state_dims=config.state_dims,
-        action_dims=config.action_dims,
-        delta_action_mask=config.delta_action_mask,
-        image_keys=config.model.image_keys,
-        image_resolution=config.model.image_resolution,
-        default_prompt=None,
-    )
+    tokenizer = PaligemmaTokenizer(tokenizer_path, max_len=config.model.max_token_len)
+    transforms = LiberoTransforms.for_config(config, tokenizer, random_norm_stats(8, 7, seed=0))
     return Policy(model, config, transforms, metadata={"config": config.name})
 
 
@@ -69,17 +56,6 @@ def frames(batch: int, seed: int = 0) -> dict:
         "observation/state": rng.normal(size=(batch, 8)).astype(np.float32),
         "prompt": ["put the cream cheese in the bowl"] * batch,
     }
-
-
-def timed(fn, repeats: int) -> float:
-    """Median seconds of ``fn`` (which must wait for the device) after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -100,7 +76,7 @@ def main() -> None:
         inputs.pop("batched")
         obs = jax.device_put(Observation.from_dict(inputs))
         weights = jnp.ones(batch, jnp.float32)
-        seconds = timed(lambda obs=obs, w=weights: device_sums(graphdef, state, obs, w).block_until_ready(), args.repeats)
+        seconds = median_ms(lambda obs=obs, w=weights: device_sums(graphdef, state, obs, w), args.repeats) / 1000
         rows.append((f"device only (prefix forward + f32 sums), batch {batch}", seconds, batch))
         capture = LatentCapture(policy, batch_size=batch)
 
@@ -108,7 +84,7 @@ def main() -> None:
             capture.add(request)
             jax.block_until_ready(capture.running[request["prompt"][0]].sums)
 
-        rows.append((f"LatentCapture.add (host transforms + device), batch {batch}", timed(add, args.repeats), batch))
+        rows.append((f"LatentCapture.add (host transforms + device), batch {batch}", median_ms(add, args.repeats) / 1000, batch))
 
     # The paper's path: the whole training forward (prefix + action expert + loss) per frame, batch 1.
     request = frames(1)
@@ -124,20 +100,13 @@ def main() -> None:
         states = model.prefix_residuals(obs, model.text_positions(slots)).astype(jnp.float32).sum(axis=1)
         return states, model.compute_loss(jax.random.key(0), obs, actions).mean()
 
-    seconds = timed(lambda: jax.block_until_ready(full_forward(state, obs, actions)), args.repeats)
+    seconds = median_ms(lambda: full_forward(state, obs, actions), args.repeats) / 1000
     rows.append(("paper's path: full forward with action expert and loss, batch 1", seconds, 1))
 
-    device = jax.devices()[0]
-    kind = getattr(device, "device_kind", device.platform)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = "?"
     lines = [
         f"# Text-latent capture ({args.variant}, random bf16 weights, LIBERO layout, 256×256 frames)",
         "",
-        f"device: {kind}; jax {jax.__version__}; python {platform.python_version()}; date {datetime.date.today()}; "
-        f"commit {commit or '?'}; median of {args.repeats} after warm-up",
+        f"{environment()}; median of {args.repeats} after warm-up",
         "",
         "| what | ms per call | frames/s |",
         "|---|---|---|",

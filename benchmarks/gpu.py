@@ -11,13 +11,8 @@ Full-size π0 (3.24 B parameters) with random bf16 weights, LIBERO layout (3 cam
 from __future__ import annotations
 
 import argparse
-import datetime
 import pathlib
-import platform
-import statistics
-import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from common import environment, median_ms
 from pi0_latency import libero_observation, random_params
 
 from textlatent.checkpoint import model_from_params
@@ -46,16 +42,6 @@ VARIANTS = {
 }
 CHUNK_FLOOR_MS = 5.5
 CAPTURE_FLOOR_FPS = 330.0
-
-
-def timed(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -87,7 +73,7 @@ def main() -> None:
         compact = compact_observation(full, config.max_token_len)
         noise = jax.random.normal(jax.random.key(1), (batch, config.action_horizon, config.action_dim))
         for name, obs, edit in (("full layout", full, None), ("compact", compact, None), ("compact + TLI", compact, tli)):
-            ms = timed(lambda obs=obs, edit=edit, noise=noise: sample(state, obs, noise, edit), args.repeats)
+            ms = median_ms(lambda obs=obs, edit=edit, noise=noise: sample(state, obs, noise, edit), args.repeats)
             rows.append((f"sample_actions, {name}, batch {batch}", ms, f"{batch / ms * 1000:.1f} chunks/s",
                          f"{CHUNK_FLOOR_MS * batch / ms * 100:.0f}%" if batch == 1 else ""))  # fmt: skip
         a_full = np.asarray(sample(state, full, noise, None), np.float32)
@@ -104,7 +90,7 @@ def main() -> None:
         if batch == 32:
             layouts.insert(0, ("full layout", full))
         for name, obs in layouts:
-            ms = timed(lambda obs=obs, w=weights: sums(graphdef, state, obs, w), max(5, args.repeats // 2))
+            ms = median_ms(lambda obs=obs, w=weights: sums(graphdef, state, obs, w), max(5, args.repeats // 2))
             fps = batch / ms * 1000
             rows.append((f"latent capture (prefix only), {name}, batch {batch}", ms, f"{fps:.1f} frames/s",
                          f"{fps / CAPTURE_FLOOR_FPS * 100:.0f}%"))  # fmt: skip
@@ -121,16 +107,10 @@ def main() -> None:
     a32 = np.asarray(jax.jit(lambda s, o, n: nnx.merge(f32_graphdef, s).sample_actions(None, o, noise=n))(f32_state, obs, noise))
     checks.append(f"bf16 vs float32 actions (same weights, batch 1): relative L2 error {np.linalg.norm(a16 - a32) / np.linalg.norm(a32):.2e}")
 
-    device = jax.devices()[0]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = "?"
     lines = [
         f"# π0 on one GPU ({args.variant}, random bf16 weights, LIBERO layout)",
         "",
-        f"device: {getattr(device, 'device_kind', device.platform)}; jax {jax.__version__}; python "
-        f"{platform.python_version()}; date {datetime.date.today()}; commit {commit or '?'}; median of {args.repeats}",
+        f"{environment()}; median of {args.repeats}",
         "",
         "| what | median ms | rate | % of floor |",
         "|---|---|---|---|",

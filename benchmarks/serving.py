@@ -10,17 +10,18 @@ openpi's server works). Prints one table; with --out, writes it as markdown with
 from __future__ import annotations
 
 import argparse
-import datetime
 import multiprocessing
 import pathlib
-import platform
-import subprocess
+import sys
 import tempfile
 import time
 
 import numpy as np
 
 from textlatent.checkpoint.random import SMALL_RANDOM
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from common import environment
 
 MODELS = {
     # The tests' tiny π0 (3 Gemma layers, 56×56 images): serving overhead dominates, as for any small model.
@@ -130,23 +131,6 @@ def run_clients(port, clients, seconds, resolution):
     batches = np.concatenate([o[1] for o in outcomes])
     model_ms = np.concatenate([o[2] for o in outcomes])
     return len(latencies) / elapsed, latencies, float(np.mean(batches)), float(np.mean(model_ms))
-
-
-def environment() -> str:
-    import jax
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
-        commit += " (uncommitted changes)" if dirty.stdout.strip() else " (tree as committed)"
-    except OSError:
-        commit = "unknown"
-    device = jax.devices()[0]
-    kind = getattr(device, "device_kind", device.platform)
-    return (
-        f"device: {kind} ({device.platform}); jax {jax.__version__}; python {platform.python_version()}; "
-        f"{multiprocessing.cpu_count()} CPU cores; date {datetime.date.today()}; commit {commit}"
-    )
 
 
 def main() -> None:

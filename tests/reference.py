@@ -166,3 +166,29 @@ def posemb_sincos(t, dim, min_period=4e-3, max_period=4.0):
     period = min_period * (max_period / min_period) ** frac
     arg = f64(t)[:, None] * (2 * np.pi / period)[None]
     return np.concatenate([np.sin(arg), np.cos(arg)], -1)
+
+
+def prefix_forward(params: dict, config, obs) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, list]:
+    """The whole prefix pass in float64 from the openpi-named parameter tree and a preprocessed observation:
+    (residual stream entering each Gemma block [B, P, D] per layer, attention mask bool[B, P, P], RoPE positions
+    int[B, P], per-layer weights). SigLIP per camera, then the text embeddings scaled by √width."""
+    images = [siglip(obs.images[k], params["PaliGemma"]["img"], config.siglip.num_heads, 14) for k in config.image_keys]
+    table = params["PaliGemma"]["llm"]["embedder"]["input_embedding"]
+    x = np.concatenate([*images, f64(table[np.asarray(obs.tokenized_prompt)]) * math.sqrt(table.shape[1])], axis=1)
+    valid = prefix_valid(config, obs)
+    mask, positions = attn_mask(valid, np.zeros(valid.shape[1], bool)), np.cumsum(valid, 1) - 1
+    layers = gemma_layers_from_params(params["PaliGemma"]["llm"], config.paligemma.depth, streams=1)
+    states = []
+    for layer in layers:
+        states.append(x)
+        (x,) = gemma_layer([x], layer, positions, mask, config.paligemma.head_dim)
+    return states, mask, positions, layers
+
+
+def prefix_valid(config, obs) -> np.ndarray:
+    """bool[B, P]: which prefix tokens are real (camera masks repeated over its patches, then the prompt mask)."""
+    return np.concatenate(
+        [np.repeat(np.asarray(obs.image_masks[k])[:, None], config.tokens_per_image, 1) for k in config.image_keys]
+        + [np.asarray(obs.tokenized_prompt_mask)],
+        axis=1,
+    )

@@ -19,30 +19,14 @@ def bf16_model(f32_model):
     return model_from_params(tiny_config(dtype="bfloat16"), cast_params(model_params(f32_model), jnp.bfloat16))
 
 
-def _prefix_layout(config, obs):
-    """(valid bool[B, P], prefix mask bool[B, P, P], RoPE positions int[B, P]) of a preprocessed observation."""
-    n_img = config.tokens_per_image
-    valid = np.concatenate(
-        [np.repeat(np.asarray(obs.image_masks[k])[:, None], n_img, 1) for k in config.image_keys]
-        + [np.asarray(obs.tokenized_prompt_mask)],
-        axis=1,
-    )
-    mask = ref.attn_mask(valid, np.zeros(valid.shape[1], bool))
-    return valid, mask, np.cumsum(valid, 1) - 1
-
-
 def reference_prefix_attention(model, obs, query_positions) -> np.ndarray:
     """float64 [depth, B, heads, Q, P]: softmax(q·k/√h) of every layer's pre-attention-normed prefix stream."""
     config = model.config
-    p = jax.tree.map(np.asarray, model_params(model))
-    images = [ref.siglip(obs.images[k], p["PaliGemma"]["img"], config.siglip.num_heads, 14) for k in config.image_keys]
-    table = p["PaliGemma"]["llm"]["embedder"]["input_embedding"]
-    text = table[np.asarray(obs.tokenized_prompt)] * math.sqrt(table.shape[1])
-    x = np.concatenate([*images, text], axis=1)
-    _, mask, positions = _prefix_layout(config, obs)
+    params = jax.tree.map(np.asarray, model_params(model))
+    states, mask, positions, layers = ref.prefix_forward(params, config, obs)
     head_dim = config.paligemma.head_dim
     out = []
-    for streams in ref.gemma_layers_from_params(p["PaliGemma"]["llm"], config.paligemma.depth, streams=1):
+    for x, streams in zip(states, layers, strict=True):
         layer = streams[0]
         normed = ref.rms_norm(x, layer["pre_attn"])
         q = ref.rope(np.einsum("btd,ndh->btnh", normed, ref.f64(layer["q"])), positions) / math.sqrt(head_dim)
@@ -52,7 +36,6 @@ def reference_prefix_attention(model, obs, query_positions) -> np.ndarray:
         # A query that sees no key (padding) spreads uniformly over all keys, as a large finite mask value does.
         logits = np.where(~mask.any(-1)[:, None, :, None], 0.0, logits)
         out.append(ref.softmax(logits)[:, :, query_positions])
-        (x,) = ref.gemma_layer([x], streams, positions, mask, head_dim)
     return np.stack(out)
 
 
@@ -81,7 +64,7 @@ def test_attention_sums_to_one_over_valid_keys_and_is_zero_on_masked(f32_model, 
     obs = model.preprocess(make_observation(config, batch=2, seed=2, prompt_lens=(4, 7)))
     slots = np.arange(config.max_token_len)
     attention = np.asarray(model.prefix_attention(obs, model.text_positions(slots)))  # [depth, B, N, Q, P]
-    valid, _, _ = _prefix_layout(config, obs)
+    valid = ref.prefix_valid(config, obs)
     third_camera = np.arange(2 * config.tokens_per_image, 3 * config.tokens_per_image)
     assert not valid[:, third_camera].any()  # make_observation masks the last camera
     for b in range(2):

@@ -1,8 +1,6 @@
 """Latent capture from a synthetic LeRobot v2.0 dataset against an independent float64 computation of the paper's
 definition: T[l, k] = mean over the task's frames of the residual stream entering block l at prompt slot k."""
 
-import math
-
 import jax
 import numpy as np
 import pytest
@@ -42,23 +40,9 @@ def numpy_prompt_states(policy, request) -> np.ndarray:
     entering every block at the prompt slots, [L, B, S, D]. Shares no code with the model."""
     model, config = policy.model, policy.model.config
     obs, _, _ = policy.prepare(request)
-    obs = model.preprocess(obs)
-    p = jax.tree.map(np.asarray, model_params(model))
-    images = [ref.siglip(obs.images[k], p["PaliGemma"]["img"], config.siglip.num_heads, 14) for k in config.image_keys]
-    table = p["PaliGemma"]["llm"]["embedder"]["input_embedding"]
-    x = np.concatenate([*images, table[np.asarray(obs.tokenized_prompt)] * math.sqrt(table.shape[1])], axis=1)
-    valid = np.concatenate(
-        [np.repeat(np.asarray(obs.image_masks[k])[:, None], config.tokens_per_image, 1) for k in config.image_keys]
-        + [np.asarray(obs.tokenized_prompt_mask)],
-        axis=1,
-    )
-    mask, positions = ref.attn_mask(valid, np.zeros(valid.shape[1], bool)), np.cumsum(valid, 1) - 1
+    states, _, _, _ = ref.prefix_forward(jax.tree.map(np.asarray, model_params(model)), config, model.preprocess(obs))
     text = slice(config.text_start, config.text_start + config.max_token_len)
-    states = []
-    for layer in ref.gemma_layers_from_params(p["PaliGemma"]["llm"], config.paligemma.depth, streams=1):
-        states.append(x[:, text])
-        (x,) = ref.gemma_layer([x], layer, positions, mask, config.paligemma.head_dim)
-    return np.stack(states)
+    return np.stack([x[:, text] for x in states])
 
 
 def selected_frames(dataset, task, episodes, frames):

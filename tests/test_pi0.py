@@ -1,6 +1,5 @@
 """π0 forward passes: against a float64 numpy forward, and the identities the sampler and hooks must keep."""
 
-import math
 
 import jax
 import jax.numpy as jnp
@@ -27,25 +26,7 @@ def _np_params(model):
 def test_prefix_residuals_match_numpy_forward(f32_model):
     model, config = f32_model, f32_model.config
     obs = model.preprocess(make_observation(config, batch=2))
-    p = _np_params(model)
-    # Independent prefix: SigLIP per camera, then scaled text embeddings.
-    images = [ref.siglip(obs.images[k], p["PaliGemma"]["img"], config.siglip.num_heads, 14) for k in config.image_keys]
-    table = p["PaliGemma"]["llm"]["embedder"]["input_embedding"]
-    text = table[np.asarray(obs.tokenized_prompt)] * math.sqrt(table.shape[1])
-    x = np.concatenate([*images, text], axis=1)
-    n_img = config.tokens_per_image
-    valid = np.concatenate(
-        [np.repeat(np.asarray(obs.image_masks[k])[:, None], n_img, 1) for k in config.image_keys]
-        + [np.asarray(obs.tokenized_prompt_mask)],
-        axis=1,
-    )
-    mask = ref.attn_mask(valid, np.zeros(valid.shape[1], bool))
-    positions = np.cumsum(valid, 1) - 1
-    layers = ref.gemma_layers_from_params(p["PaliGemma"]["llm"], config.paligemma.depth, streams=1)
-    expected = []
-    for layer in layers:
-        expected.append(x)
-        (x,) = ref.gemma_layer([x], layer, positions, mask, config.paligemma.head_dim)
+    expected, _, _, _ = ref.prefix_forward(_np_params(model), config, obs)
 
     captured = np.asarray(model.prefix_residuals(obs, np.arange(config.prefix_len)))
     assert captured.shape == (config.paligemma.depth, 2, config.prefix_len, config.paligemma.width)

@@ -468,3 +468,14 @@ def test_graceful_shutdown_answers_requests_in_flight(policy):
     assert info.value.rcvd.code == 1001
     with pytest.raises(OSError):
         connect(f"ws://127.0.0.1:{thread.port}", open_timeout=2)
+
+
+def test_warmup_compiles_the_program_real_requests_use(libero_checkpoint, tokenizer_path):
+    served = load_libero_policy(libero_checkpoint, tokenizer_path)
+    server = PolicyServer(served, ServerConfig(port=0, max_batch=2))
+    server.engine.warmup()
+    compiled = served._sample._cache_size()
+    assert compiled == 2  # buckets 1 and 2
+    with ServerThread(server) as thread:
+        WebsocketClientPolicy("127.0.0.1", thread.port).infer(libero_obs(1))
+    assert served._sample._cache_size() == compiled  # no new compilation for a real request

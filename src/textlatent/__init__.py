@@ -41,17 +41,7 @@ def load_policy(
             f"the tokenizer has {tokenizer.vocab_size} pieces but the model embeds only {config.model.vocab_size}"
         )
     model = load_model(config.model, directory / "params")
-    transforms = LiberoTransforms(
-        tokenizer=tokenizer,
-        norm_stats=stats,
-        model_action_dim=config.model.action_dim,
-        state_dims=config.state_dims,
-        action_dims=config.action_dims,
-        delta_action_mask=config.delta_action_mask,
-        image_keys=config.model.image_keys,
-        image_resolution=config.model.image_resolution,
-        default_prompt=config.default_prompt,
-    )
+    transforms = LiberoTransforms.for_config(config, tokenizer, stats)
     return Policy(model, config, transforms, metadata={"config": config.name, "checkpoint": str(checkpoint)})
 
 

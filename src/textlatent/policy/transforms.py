@@ -132,6 +132,21 @@ class LiberoTransforms:
     image_resolution: tuple[int, int]
     default_prompt: str | None = None
 
+    @classmethod
+    def for_config(cls, config, tokenizer: PaligemmaTokenizer, norm_stats: dict[str, NormStats]) -> LiberoTransforms:
+        """The transforms of a ``PolicyConfig`` (its model's action dims, cameras and resolution)."""
+        return cls(
+            tokenizer=tokenizer,
+            norm_stats=norm_stats,
+            model_action_dim=config.model.action_dim,
+            state_dims=config.state_dims,
+            action_dims=config.action_dims,
+            delta_action_mask=config.delta_action_mask,
+            image_keys=config.model.image_keys,
+            image_resolution=config.model.image_resolution,
+            default_prompt=config.default_prompt,
+        )
+
     def __post_init__(self):
         for key in ("state", "actions"):
             if key not in self.norm_stats:

@@ -233,16 +233,15 @@ def _stack_edits(edits: list[ResolvedEdit], text_start: int) -> ResidualEdit:
 
 
 def _dummy_inputs(policy: Policy) -> dict:
-    config = policy.model.config
-    h, w = config.image_resolution
-    image = np.zeros((1, h, w, 3), np.uint8)
-    tokens = np.zeros((1, config.max_token_len), np.int32)
-    mask = np.zeros((1, config.max_token_len), bool)
-    mask[:, :2] = True
-    return {
-        "image": {k: image for k in config.image_keys},
-        "image_mask": {k: np.ones(1, bool) for k in config.image_keys},
-        "state": np.zeros((1, config.action_dim), np.float32),
-        "tokenized_prompt": tokens,
-        "tokenized_prompt_mask": mask,
+    """A request's model inputs as the transforms make them (same cameras masked, a short prompt), so warm-up
+    compiles the programs real requests use."""
+    h, w = policy.model.config.image_resolution
+    request = {
+        "observation/image": np.zeros((h, w, 3), np.uint8),
+        "observation/wrist_image": np.zeros((h, w, 3), np.uint8),
+        "observation/state": np.zeros(policy.config.state_dims, np.float32),
+        "prompt": "warm up",
     }
+    inputs = policy.transforms.inputs(request)
+    inputs.pop("batched")
+    return inputs

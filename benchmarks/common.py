@@ -1,0 +1,39 @@
+"""What every benchmark script shares: a median timer that waits for the device, and the line that says where and on
+what a table was measured."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import time
+
+import jax
+
+
+def median_ms(fn, repeats: int) -> float:
+    """Median wall time of ``fn()`` in ms after one warm-up call; the result is waited for (JAX is asynchronous)."""
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def environment() -> str:
+    """``device: …; jax …; python …; N CPU cores; date …; commit …`` for the head of a results table."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+        commit = (commit or "?") + (" (uncommitted changes)" if dirty.stdout.strip() else "")
+    except OSError:
+        commit = "?"
+    device = jax.devices()[0]
+    return (
+        f"device: {getattr(device, 'device_kind', device.platform)} ({device.platform}); jax {jax.__version__}; "
+        f"python {platform.python_version()}; {os.cpu_count()} CPU cores; date {datetime.date.today()}; commit {commit}"
+    )
