@@ -32,6 +32,7 @@ def case(request):
         tokenizer=str(root / "tok.model"),
         paligemma_variant="dummy",
         action_expert_variant="dummy",
+        compact=False,  # openpi's full prefix layout: the comparison is bit for bit
         dtype=request.param,
     )
     return request.param, ref, policy

@@ -30,6 +30,7 @@ for dtype in ("bfloat16", "float32"):
         tokenizer=str(root / "tok.model"),
         paligemma_variant="dummy",
         action_expert_variant="dummy",
+        compact=False,  # openpi's full prefix layout: the comparison is bit for bit
         dtype=dtype,
     )
     for i in range(len([k for k in ref if k.startswith("actions_")])):

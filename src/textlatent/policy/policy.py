@@ -112,6 +112,15 @@ class Policy:
         )
         return np.asarray(jax.device_get(actions))
 
+    @property
+    def model_split(self) -> tuple[nnx.GraphDef, nnx.State]:
+        """(graphdef, state) of the model, split once: pass the state into jitted functions (see ``_sample``)."""
+        return self._graphdef, self._state
+
+    def model_observation(self, observation: Observation) -> Observation:
+        """``observation`` in the layout the policy runs the model on (compacted unless ``compact=False``)."""
+        return self._layout(observation)
+
     def _layout(self, observation: Observation) -> Observation:
         if not self.compact:
             return observation
