@@ -138,6 +138,9 @@ class Serve:
     """Override the config's dtype (bfloat16 is openpi's serving arithmetic)."""
     warmup: bool = False
     """Compile every batch size before accepting clients."""
+    compact: bool = True
+    """Leave always-masked cameras and prompt padding out of the prefix (same actions to float rounding, faster);
+    --no-compact computes openpi's full layout bit for bit."""
     log_level: Literal["debug", "info", "warning"] = "info"
     """debug: one line per request; info: connections and a summary line a minute."""
 
@@ -167,7 +170,7 @@ class Serve:
             checkpoint, tokenizer = write_random_setup(cache_dir() / "random" / self.config, config.model, config.asset_id)
             overrides = {**SMALL_RANDOM, **overrides}
             print(f"serving RANDOM weights from {checkpoint} (actions mean nothing)")
-        policy = textlatent.load_policy(self.config, checkpoint, tokenizer=tokenizer, **overrides)
+        policy = textlatent.load_policy(self.config, checkpoint, tokenizer=tokenizer, compact=self.compact, **overrides)
         server = PolicyServer(
             policy,
             ServerConfig(
