@@ -18,6 +18,7 @@ from textlatent.inversion import (
     chunk_metrics,
     chunk_mse,
     encode,
+    encode_split,
     grid_index,
     invert,
     invert_and_edit,
@@ -190,12 +191,12 @@ def count_prefix_passes(monkeypatch):
 
 
 def test_invert_encodes_the_prefix_once_or_reuses_a_cache(setup, count_prefix_passes):
-    model, obs, noise, _, _ = setup
-    jax.jit(lambda o, a: invert(model, o, a))(obs, noise)
+    model, obs, noise, graphdef, state = setup
+    jax.jit(lambda o, a: invert(model, o, a, method="naive"))(obs, noise)
     assert len(count_prefix_passes) == 1
-    cache = encode(model, obs)
+    cache = encode_split(graphdef, state, obs)
     count_prefix_passes.clear()
-    jax.jit(lambda o, a, c: invert(model, o, a, cache=c))(obs, noise, cache)
+    jax.jit(lambda o, a, c: invert(model, o, a, method="naive", cache=c))(obs, noise, cache)
     jax.jit(lambda o, a, c: reconstruct(model, o, a, cache=c))(obs, noise, cache)
     assert count_prefix_passes == []
 
