@@ -47,10 +47,19 @@ class Job:
     done: Callable[[Any], None]
     """Called on the worker thread with a dict (``actions`` [H, action_dims], timings) or an exception."""
     enqueued: float = dataclasses.field(default_factory=time.monotonic)
+    task: Callable[[], Any] | None = None
+    """Work that is not a sampling row (e.g. an inversion): run alone on the worker thread, which owns the
+    accelerator; ``done`` gets its return value."""
 
     @property
     def signature(self) -> tuple | None:
+        if self.task is not None:
+            return ("task", id(self))
         return None if self.edit is None else self.edit.signature
+
+
+def task_job(task: Callable[[], Any], done: Callable[[Any], None]) -> Job:
+    return Job(inputs={}, noise=None, edit=None, done=done, task=task)
 
 
 @dataclasses.dataclass
@@ -167,6 +176,13 @@ class BatchingEngine:
                 job.done(RuntimeError("the server is shutting down"))
 
     def _run_group(self, jobs: list[Job]) -> None:
+        if jobs[0].task is not None:
+            try:
+                result = jobs[0].task()
+            except Exception as exc:  # reported to its request; the server goes on
+                result = exc
+            jobs[0].done(result)
+            return
         start = time.monotonic()
         try:
             # Rows without noise take the policy's next draws in arrival order, as consecutive infer calls would.

@@ -32,13 +32,14 @@ from textlatent.latents.latent import TextLatent
 from textlatent.model import gemma_config
 from textlatent.policy import ObservationError, Policy
 from textlatent.policy.transforms import PROMPT_KEY, REQUIRED_KEYS, STATE_KEY, as_array
-from textlatent.serving.batching import BatchingEngine, Job
+from textlatent.serving.batching import BatchingEngine, Job, task_job
+from textlatent.serving.inversion import INVERSION_KEY, InversionRequest, inversion_reply, parse_inversion
 from textlatent.serving.steering import STEERING_KEY, EpisodeCounter, SteeringError, parse_steering
 from textlatent.serving.wire import WireError, packb, unpackb
 
 logger = logging.getLogger("textlatent.serving")
 NOISE_KEY = "noise"
-REQUEST_KEYS = (*REQUIRED_KEYS, PROMPT_KEY, STEERING_KEY, NOISE_KEY)
+REQUEST_KEYS = (*REQUIRED_KEYS, PROMPT_KEY, STEERING_KEY, NOISE_KEY, INVERSION_KEY)
 
 
 class RequestError(ValueError):
@@ -78,6 +79,8 @@ class _Prepared:
     jobs_inputs: list[tuple[dict, np.ndarray | None, Any]]
     batched: bool
     steering: dict | None
+    inversion: tuple[dict, InversionRequest, Any, int | None] | None = None
+    """(request, settings, noise, policy call) of an inversion request: one task instead of sampling rows."""
 
 
 @dataclasses.dataclass
@@ -140,6 +143,7 @@ class PolicyServer:
         self._port: int | None = None
         self.totals = _Totals()
         self._window = _Totals()
+        self._inverters: dict[tuple, Any] = {}
 
     @property
     def port(self) -> int:
@@ -165,6 +169,8 @@ class PolicyServer:
         extra = sorted(k for k in message if k not in REQUEST_KEYS)
         if extra:
             raise RequestError(f"unknown request keys {extra[:10]}; this policy reads {list(REQUEST_KEYS)}")
+        if INVERSION_KEY in message:
+            return self._prepare_inversion(message)
         steering = None
         if STEERING_KEY in message:
             steering = parse_steering(message.pop(STEERING_KEY), self.latents)
@@ -211,6 +217,61 @@ class PolicyServer:
             info = {"mode": steering.intervention.mode, "step": step, "alpha": alpha, "episode_id": steering.episode_id}
         return _Prepared(rows, batched, info)
 
+    def _prepare_inversion(self, message: dict) -> _Prepared:
+        if STEERING_KEY in message:
+            raise RequestError(
+                "a request with inversion inverts plain π0's plan; put the edit's steering inside inversion.steering"
+            )
+        request = parse_inversion(message.pop(INVERSION_KEY), self.latents)
+        from textlatent.inversion.flow import grid_index, time_grid
+
+        try:
+            grid_index(request.invert_to, self.policy.config.num_steps)
+        except ValueError:
+            times = [round(float(t), 6) for t in time_grid(self.policy.config.num_steps)[:-1]]
+            raise RequestError(f"inversion.invert_to must be a flow time of the sampler: one of {times}") from None
+        noise = message.pop(NOISE_KEY, None)
+        batched = self.policy.transforms.is_batched(message)
+        if batched and len(message[STATE_KEY]) > self.config.max_request_rows:
+            raise RequestError(f"a request may batch at most {self.config.max_request_rows} observations")
+        inputs = self.policy.transforms.inputs(message)  # validates the observation before it takes the accelerator
+        if noise is not None:
+            self._noise_rows(noise, inputs["state"].shape[0])
+        call = request.step
+        if request.steering is not None and call is None:
+            steering = request.steering
+            call = steering.step if steering.step is not None else self.episodes.take(steering.episode_id or "")
+        return _Prepared([], batched, None, (message, request, noise, call))
+
+    def _run_inversion(self, message: dict, request: InversionRequest, noise: Any, call: int | None) -> dict:
+        """On the accelerator thread: invert, reconstruct, edit (if the edit's window holds this call)."""
+        from textlatent.inversion import PolicyInversion
+
+        inverter = self._inverters.get(request.settings)
+        if inverter is None:
+            method, iterations, tolerance, invert_to = request.settings
+            inverter = PolicyInversion(
+                self.policy, method=method, iterations=iterations, tolerance=tolerance, invert_to=invert_to
+            )
+            if len(self._inverters) >= 8:  # each setting compiles its own programs: keep a few
+                self._inverters.pop(next(iter(self._inverters)))
+            self._inverters[request.settings] = inverter
+        active = request.window is None or request.window[0] <= call < request.window[1]
+        intervention = request.steering.intervention if request.steering is not None and active else None
+        record = inverter.run(
+            message,
+            noise=None if noise is None else np.asarray(noise, np.float32),
+            edit_prompt=request.edit_prompt if active else None,
+            intervention=intervention,
+            call=call or 0,
+        )
+        batched = record.batched
+        return {
+            "actions": record.original_actions if batched else record.original_actions[0],
+            "policy_timing": {"infer_ms": record.model_ms, "batch_size": 1, "queue_ms": 0.0},
+            "inversion": {**inversion_reply(record, batched), "edit_applied": bool(active), "step": call},
+        }
+
     def _noise_rows(self, noise: Any, batch: int) -> list[np.ndarray]:
         model = self.policy.model.config
         h, d = model.action_horizon, model.action_dim
@@ -227,6 +288,15 @@ class PolicyServer:
     async def _infer(self, frame: bytes) -> dict:
         loop = asyncio.get_running_loop()
         prepared = await loop.run_in_executor(self._executor, self._prepare, frame)
+        if prepared.inversion is not None:
+            future = loop.create_future()
+            self.engine.submit(
+                task_job(
+                    lambda: self._run_inversion(*prepared.inversion),
+                    lambda result: loop.call_soon_threadsafe(_settle, future, result),
+                )
+            )
+            return await future
         futures = []
         for inputs, noise, edit in prepared.jobs_inputs:
             future = loop.create_future()
