@@ -1,10 +1,13 @@
 """π0 forward passes: against a float64 numpy forward, and the identities the sampler and hooks must keep."""
 
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from tests import reference as ref
 from tests.conftest import make_observation, tiny_config
@@ -205,3 +208,26 @@ def test_missing_image_and_resize(f32_model):
         model.preprocess(obs.replace(images={k: v for k, v in obs.images.items() if k != config.image_keys[0]}))
     big = obs.replace(images={k: jnp.repeat(jnp.repeat(v, 2, 1), 2, 2) for k, v in obs.images.items()})
     assert model.preprocess(big).images[config.image_keys[0]].shape[1:3] == config.image_resolution
+
+
+def test_unrolled_layers_compute_the_same(f32_model):
+    """``unroll_layers`` changes how XLA compiles the layer loop, not the arithmetic."""
+    config = f32_model.config
+    unrolled = model_from_params(dataclasses.replace(config, unroll_layers=True), model_params(f32_model))
+    obs = make_observation(config, batch=2, seed=4)
+    noise = jax.random.normal(jax.random.key(0), (2, config.action_horizon, config.action_dim))
+    def compiled_loops(model):
+        graphdef, state = nnx.split(model)
+        sample = jax.jit(lambda state, obs, noise: nnx.merge(graphdef, state).sample_actions(None, obs, noise=noise))
+        return sample, state, sample.lower(state, obs, noise).as_text().count("stablehlo.while")
+
+    sample, state, loops = compiled_loops(unrolled)
+    # Unrolling removes the two Gemma layer loops (prefix, and suffix inside the flow loop); SigLIP's and the flow
+    # loop stay.
+    assert compiled_loops(f32_model)[2] - loops == 2
+    np.testing.assert_allclose(
+        np.asarray(sample(state, obs, noise)),
+        np.asarray(f32_model.sample_actions(None, obs, noise=noise)),
+        rtol=1e-5,
+        atol=1e-5,
+    )

@@ -91,6 +91,9 @@ class Pi0Config:
     vocab_size: int = PALIGEMMA_VOCAB_SIZE
     image_keys: tuple[str, ...] = IMAGE_KEYS
     image_resolution: tuple[int, int] = IMAGE_RESOLUTION
+    unroll_layers: bool = False
+    """Compile the Gemma layers as straight-line code instead of a loop: the same arithmetic, ~13 % faster sampling
+    at batch 1 on an H100, ~4× longer compilation (``benchmarks/NOTES-gpu.md``). For servers that compile once."""
 
     def __post_init__(self):
         if self.dtype not in ("bfloat16", "float32"):

@@ -186,8 +186,17 @@ class Embedder(nnx.Module):
 class Gemma(nnx.Module):
     """The shared-attention transformer. Named ``llm`` inside ``PaliGemma``."""
 
-    def __init__(self, configs: Sequence[GemmaConfig], *, vocab_size: int, embed_dtype: str, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        configs: Sequence[GemmaConfig],
+        *,
+        vocab_size: int,
+        embed_dtype: str,
+        rngs: nnx.Rngs,
+        unroll_layers: bool = False,
+    ):
         self.configs = tuple(configs)
+        self.unroll_layers = unroll_layers
         self.embed_dtype = jnp.dtype(embed_dtype)
         self.embedder = Embedder(vocab_size, configs[0].width, rngs)
         self.layers = Block(configs, rngs)
@@ -293,6 +302,8 @@ class Gemma(nnx.Module):
             # ``attention`` is None unless asked: a None leaf adds no scan output.
             return xs, (cache, captured, attention)
 
-        xs, (kv_cache, captured, attention) = lax.scan(run_layer, xs, (layer_state, kv_cache, delta))
+        xs, (kv_cache, captured, attention) = lax.scan(
+            run_layer, xs, (layer_state, kv_cache, delta), unroll=self.unroll_layers
+        )
         outputs = [None if x is None else getattr(self, _suffix("final_norm", i))(x) for i, x in enumerate(xs)]
         return outputs, kv_cache, captured, attention

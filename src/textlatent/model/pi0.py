@@ -141,7 +141,13 @@ class Pi0(nnx.Module):
             raise ValueError("action_dim and action_horizon must be positive")
         self.config = config
         prefix_cfg, expert_cfg = config.paligemma, config.action_expert
-        llm = Gemma([prefix_cfg, expert_cfg], vocab_size=config.vocab_size, embed_dtype=config.dtype, rngs=rngs)
+        llm = Gemma(
+            [prefix_cfg, expert_cfg],
+            vocab_size=config.vocab_size,
+            embed_dtype=config.dtype,
+            rngs=rngs,
+            unroll_layers=config.unroll_layers,
+        )
         img = SigLIP(
             config.siglip,
             out_width=prefix_cfg.width,
