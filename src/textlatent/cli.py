@@ -138,6 +138,8 @@ class Serve:
     """Override the config's dtype (bfloat16 is openpi's serving arithmetic)."""
     warmup: bool = False
     """Compile every batch size before accepting clients."""
+    override: tuple[str, ...] = ()
+    """Config overrides KEY=VALUE, e.g. unroll_layers=True (faster sampling, longer compile) or paligemma_variant=dummy."""
     compact: bool = True
     """Leave always-masked cameras and prompt padding out of the prefix (same actions to float rounding, faster);
     --no-compact computes openpi's full layout bit for bit."""
@@ -159,7 +161,7 @@ class Serve:
 
         if (self.checkpoint is None) == (not self.random):
             raise SystemExit("give exactly one of --checkpoint DIR|gs://…|hf://… and --random")
-        overrides = {} if self.dtype is None else {"dtype": self.dtype}
+        overrides = {**parse_overrides(self.override), **({} if self.dtype is None else {"dtype": self.dtype})}
         checkpoint, tokenizer = self.checkpoint, self.tokenizer
         if self.random:
             from textlatent.checkpoint.download import cache_dir
