@@ -146,3 +146,14 @@ def test_draw_noises_is_the_key_sequence_of_consecutive_infer_calls(checkpoint, 
     obs = libero_obs(1)
     served = policy.infer(obs)["actions"]
     np.testing.assert_array_equal(served, policy.infer(obs, noise=np.asarray(jax.random.normal(sub, shape)))["actions"])
+
+
+def test_batched_resizes_equal_one_by_one_in_order():
+    from textlatent.policy.transforms import resize_with_pad
+
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (9, 30, 50, 3), dtype=np.uint8)  # ≥ 8: the threaded path
+    batched = resize_with_pad(images, 56, 56)
+    one_by_one = np.concatenate([resize_with_pad(im[None], 56, 56) for im in images])  # < 8: the serial path
+    np.testing.assert_array_equal(batched, one_by_one)
+    assert not np.array_equal(batched[0], batched[1])

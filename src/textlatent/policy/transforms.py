@@ -7,7 +7,10 @@ tokenized. Outputs: z-score undone with std padded by 1 and mean by 0, delta dim
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import functools
+import os
 
 import numpy as np
 from PIL import Image
@@ -70,22 +73,33 @@ def _parse_image(name: str, image, batched: bool) -> np.ndarray:
 
 
 def resize_with_pad(images: np.ndarray, height: int, width: int) -> np.ndarray:
-    """openpi-client's PIL resize (bilinear, aspect kept, black padding) for uint8 [..., h, w, 3]; no-op at size."""
+    """openpi-client's PIL resize (bilinear, aspect kept, black padding) for uint8 [..., h, w, 3]; no-op at size.
+    Batches are resized on a few threads (PIL releases the GIL while it resizes); each image is computed the same."""
     if images.shape[-3:-1] == (height, width):
         return images
     flat = images.reshape(-1, *images.shape[-3:])
-    out = []
-    for im in flat:
-        pil = Image.fromarray(im)
-        cur_w, cur_h = pil.size
-        ratio = max(cur_w / width, cur_h / height)
-        # (openpi truncates; a sliver-shaped image would truncate to 0 pixels, which PIL cannot resize to)
-        new_h, new_w = max(1, int(cur_h / ratio)), max(1, int(cur_w / ratio))
-        resized = pil.resize((new_w, new_h), resample=Image.BILINEAR)
-        canvas = Image.new(resized.mode, (width, height), 0)
-        canvas.paste(resized, (max(0, int((width - new_w) / 2)), max(0, int((height - new_h) / 2))))
-        out.append(np.asarray(canvas))
+    if len(flat) >= 8:
+        out = list(_resize_pool().map(lambda im: _resize_one(im, height, width), flat))
+    else:
+        out = [_resize_one(im, height, width) for im in flat]
     return np.stack(out).reshape(*images.shape[:-3], height, width, images.shape[-1])
+
+
+def _resize_one(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    pil = Image.fromarray(image)
+    cur_w, cur_h = pil.size
+    ratio = max(cur_w / width, cur_h / height)
+    # (openpi truncates; a sliver-shaped image would truncate to 0 pixels, which PIL cannot resize to)
+    new_h, new_w = max(1, int(cur_h / ratio)), max(1, int(cur_w / ratio))
+    resized = pil.resize((new_w, new_h), resample=Image.BILINEAR)
+    canvas = Image.new(resized.mode, (width, height), 0)
+    canvas.paste(resized, (max(0, int((width - new_w) / 2)), max(0, int((height - new_h) / 2))))
+    return np.asarray(canvas)
+
+
+@functools.cache
+def _resize_pool() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="textlatent-resize")
 
 
 def _prompts(obs: dict, batch: int | None, default: str | None) -> list[str]:
