@@ -28,6 +28,7 @@ from textlatent.checkpoint import model_from_params
 from textlatent.checkpoint.random import random_norm_stats
 from textlatent.latents.capture import LatentCapture, _prompt_sums
 from textlatent.model import Observation
+from textlatent.model.pi0 import compact_observation
 from textlatent.policy import LiberoTransforms, Policy, get_config
 from textlatent.tokenizer import PaligemmaTokenizer
 from textlatent.tokenizer_training import train_tokenizer
@@ -74,17 +75,19 @@ def main() -> None:
         request = frames(batch)
         inputs = policy.transforms.inputs(request)
         inputs.pop("batched")
-        obs = jax.device_put(Observation.from_dict(inputs))
+        full = Observation.from_dict(inputs)
         weights = jnp.ones(batch, jnp.float32)
-        seconds = median_ms(lambda obs=obs, w=weights: device_sums(graphdef, state, obs, w), args.repeats) / 1000
-        rows.append((f"device only (prefix forward + f32 sums), batch {batch}", seconds, batch))
+        for layout, obs in (("full layout", full), ("compact", compact_observation(full, policy.model.config.max_token_len))):
+            obs = jax.device_put(obs)
+            seconds = median_ms(lambda obs=obs, w=weights: device_sums(graphdef, state, obs, w), args.repeats) / 1000
+            rows.append((f"device only (prefix forward + f32 sums), {layout}, batch {batch}", seconds, batch))
         capture = LatentCapture(policy, batch_size=batch)
 
         def add(capture=capture, request=request):
             capture.add(request)
             jax.block_until_ready(capture.running[request["prompt"][0]].sums)
 
-        rows.append((f"LatentCapture.add (host transforms + device), batch {batch}", median_ms(add, args.repeats) / 1000, batch))
+        rows.append((f"LatentCapture.add (host transforms + device, compact), batch {batch}", median_ms(add, args.repeats) / 1000, batch))
 
     # The paper's path: the whole training forward (prefix + action expert + loss) per frame, batch 1.
     request = frames(1)
