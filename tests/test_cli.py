@@ -72,3 +72,12 @@ def test_serve_random_answers_the_stock_client_and_stops_on_sigterm(tmp_path):
         output, _ = process.communicate(timeout=120)
     assert process.returncode == 0, output
     assert "serving RANDOM weights" in output and "stopped after 1 requests, 0 errors" in output, output
+
+
+def test_bddl_command_writes_a_suite(tmp_path, capsys):
+    main(["bddl", "libero_goal_ood", "--out", str(tmp_path)])
+    files = sorted((tmp_path / "libero_goal_ood").glob("*.bddl"))
+    assert len(files) == 10 and "put_the_cream_cheese_in_the_basket.bddl" in {f.name for f in files}
+    text = (tmp_path / "libero_goal_ood" / "put_the_cream_cheese_in_the_basket.bddl").read_text()
+    assert "put the cream cheese in the basket" in text and "(:goal" in text
+    assert str(files[0]) in capsys.readouterr().out

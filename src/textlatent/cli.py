@@ -412,6 +412,21 @@ class LatentsAttention(PolicyArgs):
             print(f"saved {path}")
 
 
+@dataclasses.dataclass
+class Bddl:
+    """Write the BDDL files of the text-latent paper's LIBERO-OOD suites (libero_goal_ood, libero_spatial_ood,
+    libero_object_ood), generated from textlatent's own task definitions; the prompt is the file name."""
+
+    suite: tyro.conf.Positional[Literal["libero_goal_ood", "libero_spatial_ood", "libero_object_ood"]]
+    out: pathlib.Path = pathlib.Path("bddl")
+
+    def run(self) -> None:
+        from textlatent.libero.bddl import write_suite
+
+        for path in write_suite(self.suite, self.out / self.suite):
+            print(path)
+
+
 LATENT_COMMANDS = {
     "capture": LatentsCapture,
     "decode": LatentsDecode,
@@ -432,7 +447,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     else:
         command = tyro.extras.subcommand_cli_from_dict(
-            {"demo": Demo, "checkpoint": Checkpoint, "serve": Serve, "latents": LatentsHelp},
+            {"demo": Demo, "checkpoint": Checkpoint, "serve": Serve, "latents": LatentsHelp, "bddl": Bddl},
             description="textlatent: π0 as openpi computes it, with text-latent access.",
             args=args,
         )
