@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> None:
 
 @dataclasses.dataclass
 class LatentsHelp:
-    """Text latents: capture, decode, inspect, similarity, import-paper (run `textlatent latents --help`)."""
+    """Text latents: capture, inspect, similarity, decode, attention, import-paper (`textlatent latents --help`)."""
 
     def run(self) -> None:
         main(["latents", "--help"])
