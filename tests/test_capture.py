@@ -156,3 +156,10 @@ def test_compact_capture_keeps_real_tokens_and_refuses_padding_windows(f32_polic
     with pytest.raises(ValueError, match="exact_padding=True"):
         compact.latent(TASKS[1], slots=longest)
     assert full.latent(TASKS[1], slots=longest).num_slots == longest
+
+
+def test_unknown_tasks_are_named(f32_policy, dataset, tmp_path):
+    with pytest.raises(ValueError, match="task index 99 does not exist"):
+        capture_dataset(f32_policy, dataset, tmp_path, tasks=[99], progress=False)
+    with pytest.raises(ValueError, match="did you mean"):
+        capture_dataset(f32_policy, dataset, tmp_path, tasks=["put the bowl on the plat"], progress=False)

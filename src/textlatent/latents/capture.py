@@ -232,7 +232,7 @@ def capture_dataset(
 
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    task_names = [dataset.tasks[t] if isinstance(t, int) else t for t in tasks] if tasks else list(dataset.tasks.values())
+    task_names = [_task_name(dataset, t) for t in tasks] if tasks else list(dataset.tasks.values())
     base_meta = {
         **provenance(policy),
         "dataset": str(getattr(dataset, "source", dataset.root)),
@@ -274,6 +274,14 @@ def capture_dataset(
         written[task] = path
     bar.close()
     return CaptureResult(written, skipped, counted, time.perf_counter() - start)
+
+
+def _task_name(dataset, task: str | int) -> str:
+    if isinstance(task, str):
+        return task  # unknown strings are reported (with close matches) by dataset.select
+    if task not in dataset.tasks:
+        raise ValueError(f"task index {task} does not exist; this dataset has task indices {sorted(dataset.tasks)}")
+    return dataset.tasks[task]
 
 
 def _check_settings(path: pathlib.Path, metadata: dict, settings: dict) -> None:
