@@ -135,17 +135,9 @@ def checkpoint_fingerprint(checkpoint_dir: str | pathlib.Path) -> str:
     return digest.hexdigest()
 
 
-def norm_stats_hash(policy: Policy) -> str:
-    digest = hashlib.sha256()
-    for key, stats in sorted(policy.transforms.norm_stats.items()):
-        digest.update(key.encode())
-        digest.update(json.dumps(stats.to_json(), sort_keys=True).encode())
-    return digest.hexdigest()
-
-
 def provenance(policy: Policy) -> dict[str, Any]:
     """What a latent depends on besides its frames: checkpoint, config, norm stats, arithmetic, version."""
-    from textlatent.checkpoint import resolve_checkpoint
+    from textlatent.checkpoint import norm_stats, resolve_checkpoint
 
     checkpoint = policy.metadata.get("checkpoint")
     fingerprint = checkpoint_fingerprint(resolve_checkpoint(checkpoint)) if checkpoint else None
@@ -155,7 +147,7 @@ def provenance(policy: Policy) -> dict[str, Any]:
         "checkpoint_fingerprint": fingerprint,
         "config": policy.config.name,
         "paligemma_variant": model.paligemma_variant,
-        "norm_stats_sha256": norm_stats_hash(policy),
+        "norm_stats_fingerprint": norm_stats.fingerprint(policy.transforms.norm_stats),
         "dtype": model.dtype,
         "layers": "residual stream entering Gemma blocks 0..L-1 (layer 0 = embeddings)",
         "textlatent_version": textlatent.__version__,
@@ -239,7 +231,7 @@ def capture_dataset(
         "episodes_per_task": episodes_per_task,
         "frame_range": None if frames is None else str(frames),
     }
-    settings = {k: base_meta[k] for k in ("checkpoint_fingerprint", "norm_stats_sha256", "dtype", "frame_range")}
+    settings = {k: base_meta[k] for k in ("checkpoint_fingerprint", "norm_stats_fingerprint", "dtype", "frame_range")}
     settings["episodes_per_task"] = episodes_per_task
     plan = {task: dataset.select(tasks=[task], episodes_per_task=episodes_per_task, frames=frames) for task in task_names}
     written, skipped = {}, {}
