@@ -37,3 +37,14 @@ def environment() -> str:
         f"device: {getattr(device, 'device_kind', device.platform)} ({device.platform}); jax {jax.__version__}; "
         f"python {platform.python_version()}; {os.cpu_count()} CPU cores; date {datetime.date.today()}; commit {commit}"
     )
+
+
+def emit(text: str, out=None) -> None:
+    """Print a results table and, with ``out`` (a path), write it there as markdown."""
+    print(text)
+    if out is not None:
+        import pathlib
+
+        out = pathlib.Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")

@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from common import environment, median_ms
+from common import emit, environment, median_ms
 from pi0_latency import libero_observation, random_params
 
 from textlatent.checkpoint import model_from_params
@@ -122,11 +122,7 @@ def main() -> None:
         "",
         *[f"- {c}" for c in checks],
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

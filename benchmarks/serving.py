@@ -21,7 +21,7 @@ import numpy as np
 from textlatent.checkpoint.random import SMALL_RANDOM
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from common import environment
+from common import emit, environment
 
 MODELS = {
     # The tests' tiny π0 (3 Gemma layers, 56×56 images): serving overhead dominates, as for any small model.
@@ -183,12 +183,8 @@ def main() -> None:
             f"| {clients} | {rate:.1f} | {rate / base:.2f} | {np.percentile(lat, 50):.1f} | "
             f"{np.percentile(lat, 99):.1f} | {batch:.2f} | {model:.1f} | {'' if single is None else f'{single[0]:.1f}'} |"
         )
-    table = "\n".join(lines)
     print()
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
+    emit("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":
