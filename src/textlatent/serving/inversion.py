@@ -22,7 +22,7 @@ import numpy as np
 
 from textlatent.inversion.flow import METHODS
 from textlatent.latents.latent import TextLatent
-from textlatent.serving.steering import Steering, SteeringError, parse_steering
+from textlatent.serving.steering import Steering, SteeringError, check_fields, integer, parse_steering
 
 INVERSION_KEY = "inversion"
 FIELDS = {
@@ -55,9 +55,7 @@ class InversionRequest:
 
 
 def _int(name: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise SteeringError(f"inversion.{name} must be an integer in [{low}, {high}], got {value!r:.60}")
-    return value
+    return integer(f"inversion.{name}", value, low, high)
 
 
 def _float(name: str, value: Any) -> float:
@@ -68,13 +66,7 @@ def _float(name: str, value: Any) -> float:
 
 def parse_inversion(raw: Any, latents: dict[str, TextLatent]) -> InversionRequest:
     """Validate a request's inversion field; errors say what to send instead."""
-    if not isinstance(raw, dict):
-        raise SteeringError(f"inversion must be a map, got {type(raw).__name__}")
-    unknown = sorted(str(k) for k in raw if k not in FIELDS)
-    if unknown:
-        raise SteeringError(
-            f"unknown inversion fields {unknown}; allowed: " + "; ".join(f"{k} ({v})" for k, v in FIELDS.items())
-        )
+    check_fields(raw, "inversion", FIELDS)
     method = raw.get("method", "fixed_point")
     if method not in METHODS:
         raise SteeringError(f"inversion.method must be one of {list(METHODS)}, got {method!r:.60}")

@@ -45,21 +45,37 @@ class Steering:
     step: int | None
 
 
-def _int(name: str, value: Any, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SteeringError(f"steering.{name} must be an integer >= {minimum}, got {value!r:.60}")
+def integer(field: str, value: Any, minimum: int = 0, maximum: int | None = None) -> int:
+    """``value`` as an integer in [minimum, maximum]; ``field`` names it in the error (e.g. ``steering.step``)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise SteeringError(f"{field} must be an integer {bound}, got {value!r:.60}")
     return value
+
+
+def check_fields(raw: Any, section: str, fields: dict[str, str]) -> None:
+    """A request section must be a map of known fields; the error lists them with what each takes."""
+    if not isinstance(raw, dict):
+        raise SteeringError(f"{section} must be a map, got {type(raw).__name__}")
+    unknown = sorted(str(k) for k in raw if k not in fields)
+    if unknown:
+        raise SteeringError(
+            f"unknown {section} fields {unknown}; allowed: " + "; ".join(f"{k} ({v})" for k, v in fields.items())
+        )
+
+
+def _int(name: str, value: Any, minimum: int = 0) -> int:
+    return integer(f"steering.{name}", value, minimum)
 
 
 def parse_steering(raw: Any, latents: dict[str, TextLatent]) -> Steering:
     """Validate a request's steering field against the latents registered on the server."""
-    if not isinstance(raw, dict):
-        raise SteeringError(f"steering must be a map, got {type(raw).__name__}")
-    unknown = sorted(str(k) for k in raw if k not in FIELDS)
-    if unknown:
-        raise SteeringError(
-            f"unknown steering fields {unknown}; allowed: " + "; ".join(f"{k} ({v})" for k, v in FIELDS.items())
-        )
+    check_fields(raw, "steering", FIELDS)
     mode = raw.get("mode")
     if mode not in MODES:
         raise SteeringError(f"steering.mode must be one of {list(MODES)}, got {mode!r:.60}")
