@@ -12,6 +12,18 @@ import time
 
 import jax
 
+TINY_MODEL = {
+    "paligemma_variant": "tiny",
+    "action_expert_variant": "tiny_expert",
+    "siglip_variant": "tiny/14",
+    "image_resolution": (56, 56),
+    "vocab_size": 256,
+    "max_token_len": 12,
+    "action_horizon": 6,
+}
+"""The tests' tiny π0 (3 Gemma layers, 56×56 images) with LIBERO's 32 action dims: a quick check of a benchmark, or
+a model whose cost is all overhead."""
+
 
 def median_ms(fn, repeats: int) -> float:
     """Median wall time of ``fn()`` in ms after one warm-up call; the result is waited for (JAX is asynchronous)."""

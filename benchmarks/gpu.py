@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from common import emit, environment, median_ms
+from common import TINY_MODEL, emit, environment, median_ms
 from pi0_latency import libero_observation, random_params
 
 from textlatent.checkpoint import model_from_params
@@ -30,15 +30,7 @@ from textlatent.model.pi0 import compact_observation
 
 VARIANTS = {
     "full": {},
-    "tiny": {
-        "paligemma_variant": "tiny",
-        "action_expert_variant": "tiny_expert",
-        "siglip_variant": "tiny/14",
-        "image_resolution": (56, 56),
-        "vocab_size": 256,
-        "max_token_len": 12,
-        "action_horizon": 6,
-    },
+    "tiny": TINY_MODEL,  # a quick check of this script
 }
 CHUNK_FLOOR_MS = 5.5
 CAPTURE_FLOOR_FPS = 330.0
@@ -47,7 +39,7 @@ CAPTURE_FLOOR_FPS = 330.0
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--variant", choices=sorted(VARIANTS), default="full", help="tiny: a quick check of this script")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="full")
     parser.add_argument("--out", type=pathlib.Path)
     args = parser.parse_args()
 

@@ -21,19 +21,11 @@ import numpy as np
 from textlatent.checkpoint.random import SMALL_RANDOM
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from common import emit, environment
+from common import TINY_MODEL, emit, environment
 
 MODELS = {
     # The tests' tiny π0 (3 Gemma layers, 56×56 images): serving overhead dominates, as for any small model.
-    "tiny": dict(
-        paligemma_variant="tiny",
-        action_expert_variant="tiny_expert",
-        siglip_variant="tiny/14",
-        image_resolution=(56, 56),
-        vocab_size=256,
-        max_token_len=12,
-        action_horizon=6,
-    ),
+    "tiny": TINY_MODEL,
     # `textlatent serve --random`: dummy Gemma streams, SigLIP mu/14 at 224×224.
     "small": SMALL_RANDOM,
 }
