@@ -220,19 +220,7 @@ class Gemma(nnx.Module):
         edit: ResidualEdit | None = None,
         capture_positions: jax.Array | None = None,
     ) -> tuple[list[jax.Array | None], KVCache, jax.Array | None]:
-        """Run all layers.
-
-        Args:
-          embedded: per stream [B, T_i, D_i] or None (stream not run).
-          positions: int[B, T] RoPE positions of the present tokens.
-          mask: bool[B, T, S] — which of the S keys (cache first, then present tokens) each query sees.
-          kv_cache: keys/values of earlier tokens, [depth, B, S_cache, K, H] each.
-          edit: additions/replacement in stream 0's residual stream (see ``ResidualEdit``).
-          capture_positions: int[P] stream-0 positions whose residual stream entering each block is returned.
-
-        Returns:
-          (final-normed outputs per stream, (K, V) of all keys per layer, captured [depth, B, P, D_0] or None).
-        """
+        """``forward`` without attention probabilities: (outputs per stream, (K, V), captured or None)."""
         outputs, kv_cache, captured, _ = self.forward(
             embedded, positions, mask, kv_cache=kv_cache, edit=edit, capture_positions=capture_positions
         )
@@ -249,14 +237,22 @@ class Gemma(nnx.Module):
         capture_positions: jax.Array | None = None,
         attention_queries: jax.Array | None = None,
     ) -> tuple[list[jax.Array | None], KVCache, jax.Array | None, jax.Array | None]:
-        """``__call__``, and optionally stream 0's attention probabilities at every layer.
+        """Run all layers.
 
-        attention_queries: int[Q] stream-0 positions whose attention rows are returned, or None. The option is
-        static (Python-level): with None the traced computation is exactly ``__call__``'s, with no extra outputs.
+        Args:
+          embedded: per stream [B, T_i, D_i] or None (stream not run).
+          positions: int[B, T] RoPE positions of the present tokens.
+          mask: bool[B, T, S] — which of the S keys (cache first, then present tokens) each query sees.
+          kv_cache: keys/values of earlier tokens, [depth, B, S_cache, K, H] each.
+          edit: additions/replacement in stream 0's residual stream (see ``ResidualEdit``).
+          capture_positions: int[P] stream-0 positions whose residual stream entering each block is returned.
+          attention_queries: int[Q] stream-0 positions whose attention rows are returned, or None. The option is
+            static (Python-level): with None nothing extra is traced or returned.
 
         Returns:
-          (outputs, (K, V), captured, attention float32 [depth, B, num_heads, Q, S] — softmax probabilities over
-          all S keys, exactly 0 on keys the mask hides — or None).
+          (final-normed outputs per stream, (K, V) of all keys per layer, captured [depth, B, P, D_0] or None,
+          attention float32 [depth, B, num_heads, Q, S] — softmax probabilities over all S keys, exactly 0 on keys
+          the mask hides — or None).
         """
         xs = [None if e is None else e.astype(self.embed_dtype) for e in embedded]
         stream0_options = edit is not None or capture_positions is not None or attention_queries is not None
