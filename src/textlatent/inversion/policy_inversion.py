@@ -18,7 +18,7 @@ import numpy as np
 
 from textlatent.inversion import flow
 from textlatent.inversion.metrics import LIBERO_ACTION_DIMS, ChunkMetrics, chunk_metrics
-from textlatent.latents.interventions import Intervention, ResolvedEdit, resolve
+from textlatent.latents.interventions import Intervention, ResolvedEdit, resolve, stack_edits
 from textlatent.model import Observation, ResidualEdit, gemma_config
 from textlatent.policy import Policy
 
@@ -199,12 +199,4 @@ class PolicyInversion:
         observation = observation.replace(tokenized_prompt=tokens, tokenized_prompt_mask=mask)
         if edits[0] is None:
             return observation, None
-        first = edits[0]  # every row of one intervention shares slots and which parts exist
-        edit = ResidualEdit(
-            positions=jnp.asarray(first.slots + config.text_start, jnp.int32),
-            delta=None if first.delta is None else jnp.asarray(np.concatenate([e.delta for e in edits], axis=1)),
-            replace_embeddings=None
-            if first.replace is None
-            else jnp.asarray(np.concatenate([e.replace for e in edits])),
-        )
-        return observation, edit
+        return observation, stack_edits(edits, config.text_start)

@@ -26,6 +26,7 @@ import ml_dtypes
 import numpy as np
 
 from textlatent.latents.latent import TextLatent
+from textlatent.model import ResidualEdit
 
 MODES = ("tli", "tei", "tei_tli", "single_layer", "reconstruction", "blank", "mask", "obscure")
 Mode = Literal["tli", "tei", "tei_tli", "single_layer", "reconstruction", "blank", "mask", "obscure"]
@@ -153,6 +154,17 @@ class ResolvedEdit:
     def signature(self) -> tuple:
         """Requests whose edits share a signature can run in one batched call."""
         return (tuple(self.slots.tolist()), self.delta is not None, self.replace is not None)
+
+
+def stack_edits(edits: list[ResolvedEdit], text_start: int) -> ResidualEdit:
+    """Rows' resolved edits of one signature as one batched ``ResidualEdit`` at prefix positions ``text_start + slot``
+    (every row shares slots and which parts exist)."""
+    first = edits[0]
+    return ResidualEdit(
+        positions=jnp.asarray(first.slots + text_start, jnp.int32),
+        delta=None if first.delta is None else jnp.asarray(np.concatenate([e.delta for e in edits], axis=1)),
+        replace_embeddings=None if first.replace is None else jnp.asarray(np.concatenate([e.replace for e in edits])),
+    )
 
 
 def _dtype(name: str):

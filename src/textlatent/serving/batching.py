@@ -16,11 +16,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
-from textlatent.latents.interventions import ResolvedEdit
-from textlatent.model import ResidualEdit
+from textlatent.latents.interventions import ResolvedEdit, stack_edits
 from textlatent.policy import Policy
 
 logger = logging.getLogger("textlatent.serving")
@@ -222,7 +220,7 @@ class BatchingEngine:
         stacked = _stack([inputs[i] for i in rows])
         edit = None
         if edits is not None and edits[0] is not None:
-            edit = _stack_edits([edits[i] for i in rows], self.policy.model.config.text_start)
+            edit = stack_edits([edits[i] for i in rows], self.policy.model.config.text_start)
         start = time.monotonic()
         actions = self.policy.run_model(stacked, noise[rows], edit)
         return actions[:n], size, (time.monotonic() - start) * 1000
@@ -237,15 +235,6 @@ def _stack(rows: list[dict]) -> dict:
         elif isinstance(value, np.ndarray):
             out[key] = np.concatenate([r[key] for r in rows])
     return out
-
-
-def _stack_edits(edits: list[ResolvedEdit], text_start: int) -> ResidualEdit:
-    first = edits[0]
-    return ResidualEdit(
-        positions=jnp.asarray(first.slots + text_start, jnp.int32),
-        delta=None if first.delta is None else jnp.asarray(np.concatenate([e.delta for e in edits], axis=1)),
-        replace_embeddings=None if first.replace is None else jnp.asarray(np.concatenate([e.replace for e in edits])),
-    )
 
 
 def _dummy_inputs(policy: Policy) -> dict:
