@@ -1,4 +1,5 @@
-"""Command line: ``textlatent demo`` (random-weight π0 end to end), ``checkpoint`` (inspect one), ``serve`` (policy server)."""
+"""Command line: ``textlatent demo`` (the whole chain on a fresh machine), ``checkpoint`` (inspect one), ``serve``
+(policy server), ``eval`` (LIBERO evaluation), ``latents …`` (text latents), ``bddl`` (the OOD task files)."""
 
 from __future__ import annotations
 
@@ -169,7 +170,9 @@ class Serve:
             from textlatent.policy import get_config
 
             config = get_config(self.config, **SMALL_RANDOM)
-            checkpoint, tokenizer = write_random_setup(cache_dir() / "random" / self.config, config.model, config.asset_id)
+            checkpoint, tokenizer = write_random_setup(
+                cache_dir() / "random" / self.config, config.model, config.asset_id
+            )
             overrides = {**SMALL_RANDOM, **overrides}
             print(f"serving RANDOM weights from {checkpoint} (actions mean nothing)")
         policy = textlatent.load_policy(self.config, checkpoint, tokenizer=tokenizer, compact=self.compact, **overrides)
@@ -275,8 +278,10 @@ class LatentsCapture(PolicyArgs):
             resume=self.resume,
         )
         rate = result.frames / result.seconds if result.seconds else 0.0
-        print(f"captured {len(result.written)} latent(s) from {result.frames} frames in {result.seconds:.1f} s "
-              f"({rate:.1f} frames/s); {len(result.skipped)} already done")
+        print(
+            f"captured {len(result.written)} latent(s) from {result.frames} frames in {result.seconds:.1f} s "
+            f"({rate:.1f} frames/s); {len(result.skipped)} already done"
+        )
         for task, path in {**result.written, **result.skipped}.items():
             print(f"  {path}  ← {task!r}")
 
@@ -302,7 +307,9 @@ class LatentsDecode(PolicyArgs):
         table = policy.model.PaliGemma.llm.embedder.input_embedding[...]
         decoded = {}
         for name, latent in latents.items():
-            decoded[latent.prompt or name] = decode_latent(latent, table, policy.transforms.tokenizer, layers=self.layers)
+            decoded[latent.prompt or name] = decode_latent(
+                latent, table, policy.transforms.tokenizer, layers=self.layers
+            )
             print(f"{name}: {latent.prompt!r}")
             for layer in decoded[latent.prompt or name]:
                 print(f"  layer {layer.layer:2d}: {layer.text!r}  {layer.token_ids}")
@@ -364,7 +371,9 @@ class LatentsImportPaper:
         from textlatent.latents.paper_pickle import import_paper_directory
         from textlatent.tokenizer import PaligemmaTokenizer
 
-        paths = import_paper_directory(self.directory, self.out, tokenizer=PaligemmaTokenizer(self.tokenizer), slots=self.slots)
+        paths = import_paper_directory(
+            self.directory, self.out, tokenizer=PaligemmaTokenizer(self.tokenizer), slots=self.slots
+        )
         for path in paths:
             print(path)
 
@@ -427,6 +436,236 @@ class Bddl:
             print(path)
 
 
+EXPERIMENTS = ("extrapolation", "reconstruction")
+SteeringChoice = Literal["none", "tli", "tei", "tei_tli", "reconstruction", "blank", "mask", "obscure"]
+SuiteChoice = Literal[
+    "libero_spatial",
+    "libero_object",
+    "libero_goal",
+    "libero_10",
+    "libero_90",
+    "libero_goal_ood",
+    "libero_spatial_ood",
+    "libero_object_ood",
+]
+
+
+def experiment_conditions(experiment: str, decodings_given: bool) -> list:
+    """The paper's grids (its runner's run_extrapolation_exp / run_reconstruction_exp, plus the π0 baseline and the
+    TEI variants it ran earlier)."""
+    from textlatent.libero.evaluation import Condition
+
+    if experiment == "extrapolation":
+        return [
+            Condition(suite, steering)
+            for suite in ("libero_goal_ood", "libero_spatial_ood")
+            for steering in ("none", "tli", "tei", "tei_tli")
+        ]
+    if experiment == "reconstruction":
+        if not decodings_given:
+            raise SystemExit(
+                "--experiment reconstruction includes the obscure-prompt conditions: pass --decodings FILE (written by "
+                "`textlatent latents decode --layers 1 2 3`), or choose conditions with --suite/--steering"
+            )
+        conditions = []
+        for suite, layers in (("libero_goal", (1, 2)), ("libero_spatial", (1, 2, 3)), ("libero_object", (1, 2, 3))):
+            conditions.append(Condition(suite, "reconstruction"))
+            conditions += [Condition(suite, "obscure", obscure_layer=layer) for layer in layers]
+            conditions += [Condition(suite, "blank"), Condition(suite, "mask")]
+        return conditions
+    raise SystemExit(f"unknown experiment {experiment!r}; choose from {', '.join(EXPERIMENTS)}")
+
+
+def default_workers() -> int:
+    import os
+
+    # Each env renders on about one core and holds ~2 GB.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, 8))
+
+
+@dataclasses.dataclass
+class Eval:
+    """Evaluate a policy on LIBERO and the paper's LIBERO-OOD suites: N simulator workers, one policy server (a running
+    one via --policy, or started here from --checkpoint), videos, a resumable run directory with results tables."""
+
+    suite: tuple[SuiteChoice, ...] = ()
+    """Suites to evaluate (e.g. libero_goal_ood libero_spatial_ood)."""
+    steering: tuple[SteeringChoice, ...] = ("none",)
+    """Conditions per suite: none (plain π0), tli/tei/tei_tli (the paper's base-task triples, OOD suites),
+    reconstruction (blank prompt + the task's own latent), blank, mask, obscure (needs --decodings)."""
+    experiment: Literal["extrapolation", "reconstruction"] | None = None
+    """The paper's grids instead of --suite/--steering: extrapolation = π0, TLI, TEI, TEI+TLI on goal/spatial OOD;
+    reconstruction = blank+latent, obscure prompts (layers 1–3), blank, mask on goal/spatial/object (seeded resets
+    and the paper runner's step budgets, as it ran them)."""
+    policy: str | None = None
+    """A running openpi-protocol server, ws://HOST:PORT (ours or openpi's)."""
+    checkpoint: str | None = None
+    """Or serve this checkpoint here for the run (local, gs://… or hf://…)."""
+    random: bool = False
+    """Or serve small random weights here (the pipeline runs; success is 0%)."""
+    config: str = "pi0_libero"
+    tokenizer: str | None = None
+    latents: tuple[pathlib.Path, ...] = ()
+    """Latent files/directories for a server started here (steering needs the tasks' latents)."""
+    override: tuple[str, ...] = ()
+    """Config overrides KEY=VALUE for a server started here."""
+    api_key: str | None = None
+    trials: int = 10
+    """Episodes per task (the paper: 10; openpi: 50)."""
+    tasks: tuple[int, ...] = ()
+    """Task indices to run (default: all)."""
+    seed: int = 7
+    workers: int = dataclasses.field(default_factory=default_workers)
+    """Simulator processes (each ~1 core and ~2 GB)."""
+    success_check: Literal["paper", "upstream"] = "paper"
+    """paper: On() within 0.1 m and 'on the stove' = the whole stove top (the paper's LIBERO); upstream: LIBERO's own."""
+    initial_states: Literal["auto", "fixed", "seeded"] = "auto"
+    """auto: LIBERO's fixed initial states where a suite has them (openpi), seeded resets otherwise (OOD suites)."""
+    max_steps: int | None = None
+    """Step budget per episode (default: per suite, as openpi / the paper's runner)."""
+    paper_max_steps: bool = False
+    """libero_spatial gets 300 steps as in the paper's runner (openpi: 220)."""
+    decodings: pathlib.Path | None = None
+    """`textlatent latents decode` JSON for the obscure condition."""
+    obscure_layer: tuple[int, ...] = (1,)
+    """Layers whose decoded prompts the obscure condition sends."""
+    out: pathlib.Path | None = None
+    """Run directory (default: runs/<experiment or suites>-<time>)."""
+    resume: bool = False
+    """Continue the run in --out: finished episodes are kept, the rest run."""
+    video: Literal["all", "failures", "none"] = "all"
+    trajectory: bool = False
+    """Draw the end effector's path (coloured by time) over the agent view in the videos."""
+    render: Literal["auto", "egl", "osmesa"] = "auto"
+    max_batch: int = 8
+    """Batch limit of a server started here."""
+
+    def run(self) -> None:
+        import logging
+
+        from textlatent.libero.evaluation import Condition, EvalSettings, EvaluationError, Output, evaluate
+
+        logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        sources = sum([self.policy is not None, self.checkpoint is not None, self.random])
+        if sources != 1:
+            raise SystemExit("give exactly one of --policy ws://HOST:PORT, --checkpoint DIR|gs://…|hf://… and --random")
+        if self.experiment is not None:
+            if self.suite:
+                raise SystemExit("--experiment picks its own suites; leave out --suite")
+            conditions = experiment_conditions(self.experiment, self.decodings is not None)
+        else:
+            if not self.suite:
+                raise SystemExit(
+                    "give --suite (e.g. --suite libero_goal_ood) or --experiment extrapolation|reconstruction"
+                )
+            try:
+                conditions = [
+                    Condition(suite, steering, obscure_layer=layer)
+                    for suite in self.suite
+                    for steering in self.steering
+                    for layer in (self.obscure_layer if steering == "obscure" else (None,))
+                ]
+            except ValueError as exc:
+                raise SystemExit(str(exc)) from None
+        paper_grid = self.experiment == "reconstruction"
+        try:
+            settings = EvalSettings(
+                trials=self.trials,
+                seed=self.seed,
+                tasks=tuple(self.tasks) or None,
+                success_check=self.success_check,
+                initial_states="seeded" if paper_grid and self.initial_states == "auto" else self.initial_states,
+                max_steps=self.max_steps,
+                paper_max_steps=self.paper_max_steps or paper_grid,
+            )
+            output = Output(video=self.video, trajectory=self.trajectory, render=self.render)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
+        decodings = None
+        if self.decodings is not None:
+            from textlatent.libero.evaluation import load_decodings
+
+            decodings = load_decodings(self.decodings)
+        name = self.experiment or "-".join(dict.fromkeys(self.suite))
+        out = self.out or pathlib.Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        server = None
+        address = self.policy
+        try:
+            if address is None:
+                server = start_local_server(
+                    self.config,
+                    self.checkpoint,
+                    self.random,
+                    self.tokenizer,
+                    self.override,
+                    self.latents,
+                    self.max_batch,
+                )
+                address = server.url
+            report = evaluate(
+                conditions,
+                settings,
+                address=address,
+                run_dir=out,
+                workers=self.workers,
+                api_key=self.api_key,
+                output=output,
+                resume=self.resume,
+                decodings=decodings,
+                extra_config={"policy": self.policy or self.checkpoint or "random", "experiment": self.experiment},
+            )
+        except (EvaluationError, ValueError, KeyError) as exc:
+            raise SystemExit(f"error: {exc}") from None
+        finally:
+            if server is not None:
+                server.stop()
+        print((out / "results.md").read_text() if (out / "results.md").exists() else "no episodes")
+        rate = report.env_steps / report.wall_seconds if report.wall_seconds else 0.0
+        print(
+            f"{report.finished} episodes run, {report.skipped} already done; {report.env_steps} env steps in "
+            f"{report.wall_seconds:.0f} s ({rate:.1f} steps/s, {self.workers} workers)"
+        )
+        print(f"run directory: {out}  (results.json, episodes.csv, videos/, config.json)")
+        if self.random:
+            print("RANDOM weights: 0% success is the expected result; pass --checkpoint for a real policy")
+
+
+def start_local_server(
+    config: str,
+    checkpoint: str | None,
+    random: bool,
+    tokenizer: str | None,
+    override: tuple[str, ...],
+    latents: tuple[pathlib.Path, ...],
+    max_batch: int,
+):
+    """A policy server on a free local port, on a background thread; `.url`, `.stop()`."""
+    import os
+
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    import textlatent
+    from textlatent.latents import load_latents
+    from textlatent.serving import PolicyServer, ServerConfig, ServerThread
+
+    overrides = parse_overrides(override)
+    if random:
+        from textlatent.checkpoint.download import cache_dir
+        from textlatent.checkpoint.random import SMALL_RANDOM, write_random_setup
+        from textlatent.policy import get_config
+
+        model_config = get_config(config, **SMALL_RANDOM)
+        checkpoint, tokenizer = write_random_setup(
+            cache_dir() / "random" / config, model_config.model, model_config.asset_id
+        )
+        overrides = {**SMALL_RANDOM, **overrides}
+    policy = textlatent.load_policy(config, checkpoint, tokenizer=tokenizer, **overrides)
+    server = PolicyServer(
+        policy, ServerConfig(host="127.0.0.1", port=0, max_batch=max_batch), latents=load_latents(latents)
+    )
+    return ServerThread(server).start()
+
+
 LATENT_COMMANDS = {
     "capture": LatentsCapture,
     "decode": LatentsDecode,
@@ -443,11 +682,21 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["latents"]:
         command = tyro.extras.subcommand_cli_from_dict(
-            LATENT_COMMANDS, prog="textlatent latents", description="Text latents: capture, decode, inspect.", args=args[1:]
+            LATENT_COMMANDS,
+            prog="textlatent latents",
+            description="Text latents: capture, decode, inspect.",
+            args=args[1:],
         )
     else:
         command = tyro.extras.subcommand_cli_from_dict(
-            {"demo": Demo, "checkpoint": Checkpoint, "serve": Serve, "latents": LatentsHelp, "bddl": Bddl},
+            {
+                "demo": Demo,
+                "checkpoint": Checkpoint,
+                "serve": Serve,
+                "eval": Eval,
+                "latents": LatentsHelp,
+                "bddl": Bddl,
+            },
             description="textlatent: π0 as openpi computes it, with text-latent access.",
             args=args,
         )

@@ -18,6 +18,7 @@ import ctypes.util
 import hashlib
 import importlib.util
 import io
+import logging
 import os
 import pickle
 import re
@@ -257,10 +258,22 @@ def prepare(render: str = "auto", success_check: str = "paper") -> SimSetup:
     config_file = ensure_libero_config(root)
     for needed in ("robosuite", "mujoco", "bddl"):
         _require_module(needed)
+    _import_robosuite_quietly()
     apply_success_check(success_check)
     import libero.libero as libero_pkg
 
     return SimSetup(backend, success_check, Path(libero_pkg._assets_path_cache), root, config_file)
+
+
+def _import_robosuite_quietly() -> None:
+    # robosuite logs three warnings at import about an optional private macro file; they would repeat in every
+    # env worker and say nothing about the run.
+    logger = logging.getLogger("robosuite_logs")
+    was_disabled, logger.disabled = logger.disabled, True
+    try:
+        import robosuite  # noqa: F401
+    finally:
+        logger.disabled = was_disabled
 
 
 def _require_module(name: str) -> None:
