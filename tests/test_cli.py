@@ -12,7 +12,7 @@ def test_checkpoint_command_describes_a_checkpoint(tmp_path, f32_model, capsys):
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
-    main(["demo", "--out", str(tmp_path), "--repeats", "1"])
+    main(["demo", "--quick", "--out", str(tmp_path), "--repeats", "1"])
     out = capsys.readouterr().out
     assert "actions: shape (50, 7), dtype float64" in out
     assert (tmp_path / "checkpoint" / "params").is_dir()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import tempfile
 import time
 from typing import Literal
 
@@ -14,27 +13,148 @@ import tyro
 
 @dataclasses.dataclass
 class Demo:
-    """Write a small random-weight π0 checkpoint in openpi's layout, load it with ``load_policy`` and run inference on
-    a synthetic LIBERO observation. Random weights: the actions mean nothing; the numbers show the pipeline works."""
+    """The whole chain on this machine: a π0 policy, its text latents, a policy server, one LIBERO-OOD episode steered
+    with TLI in the simulator, the episode's video and the results table. Without --checkpoint it writes a small
+    random-weight π0 first: random weights succeed 0% of the time, the run shows that every piece works."""
 
+    checkpoint: str | None = None
+    """A real openpi checkpoint (local, gs://… or hf://…); default: small random weights written here."""
+    config: str = "pi0_libero"
+    tokenizer: str | None = None
+    """SentencePiece model for --checkpoint (default: PaliGemma's, downloaded once)."""
+    latents: tuple[pathlib.Path, ...] = ()
+    """The base tasks' latents (e.g. from `textlatent latents capture`); default: captured here from simulator
+    frames of the scene (a few frames, not the paper's demonstrations: enough to exercise the chain)."""
+    suite: Literal["libero_goal_ood", "libero_spatial_ood"] = "libero_goal_ood"
+    task: int = 7
+    """Task index in the suite (7: put the cream cheese on the plate; TLI from "cream cheese in the bowl" to "bowl on
+    the plate")."""
+    steering: Literal["tli", "tei", "tei_tli", "none"] = "tli"
+    max_steps: int | None = None
+    """Episode step budget (default: the suite's, 300)."""
     out: pathlib.Path | None = None
-    """Where to write the checkpoint and tokenizer (default: a temporary directory)."""
+    """Where everything goes (default: runs/demo-<time>)."""
+    quick: bool = False
+    """Only load the policy and time a few inferences on a synthetic observation (no simulator)."""
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
     """bfloat16 = openpi's serving arithmetic; float32 = full precision."""
     paligemma_variant: str = "dummy"
     action_expert_variant: str = "dummy"
     siglip_variant: str = "mu/14"
-    """Vision tower size; So400m/14 is π0's real one (large to write on a CPU)."""
+    """Sizes of the random model (So400m/14 is π0's real vision tower, large to write on a CPU)."""
     prompt: str = "put the bowl on the plate"
+    """--quick: the prompt."""
     repeats: int = 5
-    """Timed inferences after the first (compiling) one."""
+    """--quick: timed inferences after the first (compiling) one."""
 
     def run(self) -> None:
+        root = self.out or pathlib.Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+        if self.quick:
+            return self._quick(root)
+        import os
+
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        import textlatent
+        from textlatent.latents import load_latents
+        from textlatent.latents.registry import lookup
+        from textlatent.libero.evaluation import Condition, EvalSettings, EvaluationError, evaluate
+        from textlatent.libero.sim import SimulatorUnavailable, suite_tasks
+        from textlatent.serving import PolicyServer, ServerConfig, ServerThread
+
+        started = time.perf_counter()
+        task = suite_tasks(self.suite)[self.task] if 0 <= self.task < 10 else None
+        if task is None:
+            raise SystemExit(f"--task must be 0..9 for {self.suite}")
+        base = lookup(task.prompt)
+        print(
+            f"task: {self.suite} #{self.task} {task.prompt!r}; {self.steering} from {base.a!r} to {base.b!r} "
+            f"over {base.steps + 1} policy calls"
+        )
+
+        if self.checkpoint is None:
+            from textlatent.checkpoint.random import write_random_setup
+            from textlatent.policy import get_config
+
+            overrides = dict(
+                paligemma_variant=self.paligemma_variant,
+                action_expert_variant=self.action_expert_variant,
+                siglip_variant=self.siglip_variant,
+                dtype=self.dtype,
+            )
+            config = get_config(self.config, **overrides)
+            checkpoint, tokenizer = write_random_setup(root / "checkpoint", config.model, config.asset_id)
+            print(f"[1/4] RANDOM-weight π0 written to {checkpoint} (success will be 0%; pass --checkpoint for real)")
+            policy = textlatent.load_policy(self.config, checkpoint, tokenizer=str(tokenizer), **overrides)
+        else:
+            policy = textlatent.load_policy(self.config, self.checkpoint, tokenizer=self.tokenizer, dtype=self.dtype)
+            print(f"[1/4] loaded {self.checkpoint} ({self.config})")
+
+        names = list(base.latent_names)
+        if self.latents:
+            latents = load_latents(self.latents)
+            missing = [n for n in names if n not in latents]
+            if missing:
+                raise SystemExit(
+                    f"--latents lacks {missing}; capture them with `textlatent latents capture --tasks "
+                    f"{' '.join(repr(p) for p in (base.a, base.b))} …`"
+                )
+            print(f"[2/4] latents {names} from {', '.join(map(str, self.latents))}")
+        else:
+            try:
+                latents = self._latents_from_simulator(policy, task, (base.a, base.b), root / "latents")
+            except SimulatorUnavailable as exc:
+                raise SystemExit(f"error: {exc}") from None
+            print(f"[2/4] latents {names} captured from simulator frames into {root / 'latents'}")
+        latents = {n: latents[n] for n in names}
+
+        server = ServerThread(PolicyServer(policy, ServerConfig(host="127.0.0.1", port=0), latents=latents)).start()
+        print(f"[3/4] policy server on {server.url}")
+        try:
+            report = evaluate(
+                [Condition(self.suite, self.steering)],
+                EvalSettings(trials=1, tasks=(self.task,), max_steps=self.max_steps),
+                address=server.url,
+                run_dir=root / "eval",
+                workers=1,
+                resume=True,
+                extra_config={"policy": self.checkpoint or "random", "demo": True},
+            )
+        except EvaluationError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        finally:
+            server.stop()
+        print(f"[4/4] evaluated in {report.wall_seconds:.0f} s ({report.env_steps} env steps)")
+        print((root / "eval" / "results.md").read_text())
+        for video in sorted((root / "eval" / "videos").rglob("*.mp4")):
+            print(f"video: {video}")
+        print(f"everything under {root}; total {time.perf_counter() - started:.0f} s")
+
+    @staticmethod
+    def _latents_from_simulator(policy, task, prompts, directory: pathlib.Path) -> dict:
+        """Latents of `prompts` averaged over a few reset frames of the task's scene (a stand-in for demonstrations)."""
+        from textlatent.latents.capture import capture_observations, latent_file_name
+        from textlatent.libero.protocol import policy_request
+        from textlatent.libero.sim import LiberoEnv, prepare
+
+        prepare()
+        env = LiberoEnv(task, workdir=directory / "bddl")
+        try:
+            frames = [env.reset(trial=i, seed=1000 + i) for i in range(3)]
+        finally:
+            env.close()
+        captured = capture_observations(policy, [policy_request(f, p) for p in prompts for f in frames])
+        directory.mkdir(parents=True, exist_ok=True)
+        out = {}
+        for prompt, latent in captured.items():
+            path = latent.save(directory / latent_file_name(prompt))
+            out[path.stem] = latent
+        return out
+
+    def _quick(self, root: pathlib.Path) -> None:
         import numpy as np
 
         import textlatent
 
-        root = self.out or pathlib.Path(tempfile.mkdtemp(prefix="textlatent-demo-"))
         overrides = dict(
             paligemma_variant=self.paligemma_variant,
             action_expert_variant=self.action_expert_variant,
