@@ -326,3 +326,25 @@ def test_policy_inversion_with_a_tli_intervention(policy):
     assert record.edit.mse_model[0] > 1e-6
     # Naive inversion is visibly inexact even on this tiny model.
     assert record.reconstruction.mse_model[0] > 1e-8
+
+
+def test_inversion_runs_on_a_bf16_model_and_round_trips_to_its_rounding():
+    """Served policies run in bf16: the velocity stays bf16 inside the fixed-point loop (Δ·v rounds as the
+    sampler's dt·v), which the loop's carry must allow for."""
+    from tests.conftest import random_model, tiny_config
+
+    model = random_model(tiny_config(dtype="bfloat16"), seed=3)
+    config = model.config
+    obs = make_observation(config, batch=2, seed=4)
+    noise = jax.random.normal(jax.random.key(1), (2, config.action_horizon, config.action_dim))
+    graphdef, state = nnx.split(model)
+    actions = reconstruct_split(graphdef, state, obs, noise)
+    errors = {}
+    for method in ("fixed_point", "naive"):
+        trace = invert_split(graphdef, state, obs, actions, method=method)
+        again = reconstruct_split(graphdef, state, obs, trace.noise)
+        errors[method] = float(jnp.max(jnp.abs(again - actions)))
+    print(errors)
+    scale = float(jnp.max(jnp.abs(actions)))
+    assert errors["fixed_point"] <= 2e-2 * scale
+    assert errors["fixed_point"] < errors["naive"]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 import time
 from typing import Literal
@@ -751,6 +752,86 @@ class Eval:
             print("RANDOM weights: 0% success is the expected result; pass --checkpoint for a real policy")
 
 
+@dataclasses.dataclass
+class Invert:
+    """Action inversion on LIBERO: each policy call's plan is inverted to noise, reconstructed and optionally regenerated
+    under an edit. Open loop records the per-chunk errors while executing the original plans; closed loop runs the
+    original, reconstructed and edited plans from the same scene and noise and puts their videos side by side."""
+
+    policy: str | None = None
+    """A running `textlatent serve` (the inversion option is ours), ws://HOST:PORT."""
+    checkpoint: str | None = None
+    """Or serve this checkpoint here for the run."""
+    random: bool = False
+    """Or serve small random weights here."""
+    config: str = "pi0_libero"
+    tokenizer: str | None = None
+    latents: tuple[pathlib.Path, ...] = ()
+    """Latents for a server started here (needed by --edit-steering)."""
+    override: tuple[str, ...] = ()
+    api_key: str | None = None
+    suite: SuiteChoice = "libero_goal_ood"
+    task: int = 7
+    mode: Literal["open-loop", "closed-loop"] = "closed-loop"
+    method: Literal["fixed_point", "naive"] = "fixed_point"
+    """fixed_point: exact inverse of the sampler's steps; naive: the reference implementation's Euler inversion."""
+    invert_to: float = 1.0
+    """Invert up to this flow time (a grid time; 1 = all the way to noise)."""
+    edit_prompt: str | None = None
+    """Regenerate each plan under this prompt."""
+    edit_steering: Literal["tli", "tei", "tei_tli"] | None = None
+    """Regenerate under the paper's intervention for the task (needs its base-task latents on the server)."""
+    window: tuple[int, int] | None = None
+    """Policy calls FIRST END ([first, end)) of each episode in which the edit applies (default: all)."""
+    trials: int = 1
+    seed: int = 7
+    max_steps: int | None = None
+    success_check: Literal["paper", "upstream"] = "paper"
+    render: Literal["auto", "egl", "osmesa"] = "auto"
+    out: pathlib.Path | None = None
+    """Run directory (default: runs/invert-<time>)."""
+
+    def run(self) -> None:
+        from textlatent.libero.inversion_run import InversionSettings, run_inversion
+
+        if sum([self.policy is not None, self.checkpoint is not None, self.random]) != 1:
+            raise SystemExit("give exactly one of --policy ws://HOST:PORT, --checkpoint DIR|gs://…|hf://… and --random")
+        try:
+            settings = InversionSettings(
+                suite=self.suite,
+                task=self.task,
+                mode=self.mode,
+                method=self.method,
+                invert_to=self.invert_to,
+                edit_prompt=self.edit_prompt,
+                edit_steering=self.edit_steering,
+                window=self.window,
+                trials=self.trials,
+                seed=self.seed,
+                max_steps=self.max_steps,
+                success_check=self.success_check,
+            )
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
+        out = self.out or pathlib.Path("runs") / f"invert-{time.strftime('%Y%m%d-%H%M%S')}"
+        server = None
+        try:
+            address = self.policy
+            if address is None:
+                server = start_local_server(
+                    self.config, self.checkpoint, self.random, self.tokenizer, self.override, self.latents, 1
+                )
+                address = server.url
+            results = run_inversion(settings, address=address, out=out, api_key=self.api_key, render=self.render)
+        except (ValueError, KeyError, FileExistsError) as exc:
+            raise SystemExit(f"error: {exc}") from None
+        finally:
+            if server is not None:
+                server.stop()
+        print(json.dumps(results, indent=2))
+        print(f"run directory: {out}  (chunks.csv, episodes.csv, results.json, mse_per_chunk.png, videos/)")
+
+
 def start_local_server(
     config: str,
     checkpoint: str | None,
@@ -814,6 +895,7 @@ def main(argv: list[str] | None = None) -> None:
                 "checkpoint": Checkpoint,
                 "serve": Serve,
                 "eval": Eval,
+                "invert": Invert,
                 "latents": LatentsHelp,
                 "bddl": Bddl,
             },

@@ -158,7 +158,9 @@ def invert_with_trace(
         )
         return y, v, iters.at[i].set(used), changes.at[i].set(change)
 
-    start = (actions, jnp.zeros_like(actions), iters, changes)
+    # The velocity keeps the model's dtype (bf16 when serving): Δ·v must round as the sampler's dt·v does.
+    v_dtype = jax.eval_shape(velocity, actions, grid[first]).dtype
+    start = (actions, jnp.zeros(actions.shape, v_dtype), iters, changes)
     noise, _, iters, changes = jax.lax.fori_loop(0, count, exact_step, start)
     return InversionTrace(noise=noise, iterations=iters, step_change=changes)
 

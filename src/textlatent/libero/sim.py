@@ -24,6 +24,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -271,7 +272,9 @@ def _import_robosuite_quietly() -> None:
     logger = logging.getLogger("robosuite_logs")
     was_disabled, logger.disabled = logger.disabled, True
     try:
-        import robosuite  # noqa: F401
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # its own use of Logger.warn
+            import robosuite  # noqa: F401
     finally:
         logger.disabled = was_disabled
 

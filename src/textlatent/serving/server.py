@@ -129,6 +129,7 @@ class PolicyServer:
             **policy.metadata,
             **(metadata or {}),
             "action_horizon": model.action_horizon,
+            "model_action_dim": model.action_dim,  # the width of `noise` a request may send ([horizon, this])
             "action_dims": policy.config.action_dims,
             "state_dims": policy.config.state_dims,
             "max_batch": self.config.max_batch,
@@ -177,7 +178,9 @@ class PolicyServer:
             ids = steering.intervention.token_ids
             vocab = self.policy.model.config.vocab_size
             if ids is not None and max(ids) >= vocab:
-                raise RequestError(f"steering.token_ids must be below the model's vocabulary size {vocab}, got {max(ids)}")
+                raise RequestError(
+                    f"steering.token_ids must be below the model's vocabulary size {vocab}, got {max(ids)}"
+                )
         noise = message.pop(NOISE_KEY, None)
         if self.policy.transforms.is_batched(message):
             rows = len(message[STATE_KEY])
