@@ -94,6 +94,13 @@ class Pi0Config:
     unroll_layers: bool = False
     """Compile the Gemma layers as straight-line code instead of a loop: the same arithmetic, ~13 % faster sampling
     at batch 1 on an H100, ~4× longer compilation (``benchmarks/NOTES-gpu.md``). For servers that compile once."""
+    expert_weights_per_layer: bool = False
+    """``sample_actions`` cuts the action expert's stacked layer weights into per-layer arrays once per chunk and runs
+    its layers as straight-line code in every flow step, instead of slicing each layer's weights out of the stacks
+    in every step (a copy on GPU). The same arithmetic; a longer compilation."""
+    one_image_pass: bool = False
+    """Run SigLIP once over all present cameras stacked on the batch axis instead of once per camera: the same
+    function (rows are independent), but matrix products over more rows may round differently. GPU serving option."""
 
     def __post_init__(self):
         if self.dtype not in ("bfloat16", "float32"):

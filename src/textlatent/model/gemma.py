@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 from jax import lax
 
 from textlatent.model import ops
@@ -19,6 +19,18 @@ from textlatent.model.intervention import ResidualEdit
 
 # (K, V), each [depth, B, S, num_kv_heads, head_dim].
 KVCache = tuple[jax.Array, jax.Array]
+
+
+@struct.dataclass
+class LayerWeights:
+    """Some streams' layer parameters cut into one state per layer (``Gemma.layer_weights``); the other streams'
+    parameters stay stacked in ``rest`` and must not run."""
+
+    graphdef: nnx.GraphDef = struct.field(pytree_node=False)
+    per_layer: tuple  # of nnx.State, one per layer
+    rest: nnx.State
+    streams: tuple[int, ...] = struct.field(pytree_node=False)
+
 
 _init_lecun = jax.nn.initializers.lecun_normal
 
@@ -207,6 +219,24 @@ class Gemma(nnx.Module):
     def depth(self) -> int:
         return self.configs[0].depth
 
+    def layer_weights(self, streams: Sequence[int]) -> LayerWeights:
+        """The layer parameters of ``streams`` cut into one state per layer, for ``forward(..., layer_weights=...)``.
+
+        Slicing a layer out of the stacked weights is a copy on GPU, and inside a loop over passes (the flow steps)
+        it is repeated every pass. Cut once here, outside that loop, every pass reads the same per-layer copies."""
+        streams = tuple(sorted(set(streams)))
+
+        def stream_of(path) -> int:
+            for key in path:
+                name, _, number = str(key).rpartition("_")
+                if name and number.isdigit():
+                    return int(number)
+            return 0
+
+        graphdef, sliced, rest = nnx.split(self.layers, lambda path, _: stream_of(path) in streams, ...)
+        per_layer = tuple(jax.tree.map(lambda a, i=i: a[i], sliced) for i in range(self.depth))
+        return LayerWeights(graphdef=graphdef, per_layer=per_layer, rest=rest, streams=streams)
+
     def embed(self, tokens: jax.Array) -> jax.Array:
         return self.embedder.encode(tokens).astype(self.embed_dtype)
 
@@ -236,6 +266,7 @@ class Gemma(nnx.Module):
         edit: ResidualEdit | None = None,
         capture_positions: jax.Array | None = None,
         attention_queries: jax.Array | None = None,
+        layer_weights: LayerWeights | None = None,
     ) -> tuple[list[jax.Array | None], KVCache, jax.Array | None, jax.Array | None]:
         """Run all layers.
 
@@ -248,6 +279,8 @@ class Gemma(nnx.Module):
           capture_positions: int[P] stream-0 positions whose residual stream entering each block is returned.
           attention_queries: int[Q] stream-0 positions whose attention rows are returned, or None. The option is
             static (Python-level): with None nothing extra is traced or returned.
+          layer_weights: this model's ``layer_weights(streams)`` for every stream that runs: the layers then run as
+            straight-line code over those per-layer weights (the same arithmetic) instead of a scan over the stacks.
 
         Returns:
           (final-normed outputs per stream, (K, V) of all keys per layer, captured [depth, B, P, D_0] or None,
@@ -293,13 +326,24 @@ class Gemma(nnx.Module):
                 if capture_positions is None
                 else jnp.take(xs[0], capture_positions, axis=1, mode="fill", fill_value=jnp.nan)
             )
-            block = nnx.merge(graphdef, state)
+            block = nnx.merge(graphdef, *state) if layer_weights is not None else nnx.merge(graphdef, state)
             xs, cache, attention = block.forward(xs, positions, mask, cache, attention_queries)
             # ``attention`` is None unless asked: a None leaf adds no scan output.
             return xs, (cache, captured, attention)
 
-        xs, (kv_cache, captured, attention) = lax.scan(
-            run_layer, xs, (layer_state, kv_cache, delta), unroll=self.unroll_layers
-        )
+        if layer_weights is None:
+            xs, (kv_cache, captured, attention) = lax.scan(
+                run_layer, xs, (layer_state, kv_cache, delta), unroll=self.unroll_layers
+            )
+        else:
+            running = [i for i, x in enumerate(xs) if x is not None]
+            if not set(running) <= set(layer_weights.streams):
+                raise ValueError(f"layer_weights cover streams {layer_weights.streams}, but streams {running} run")
+            graphdef, outs = layer_weights.graphdef, []
+            for i, weights in enumerate(layer_weights.per_layer):
+                cache = None if kv_cache is None else jax.tree.map(lambda a, i=i: a[i], kv_cache)
+                xs, out = run_layer(xs, ((weights, layer_weights.rest), cache, None if delta is None else delta[i]))
+                outs.append(out)
+            kv_cache, captured, attention = jax.tree.map(lambda *a: jnp.stack(a), *outs)
         outputs = [None if x is None else getattr(self, _suffix("final_norm", i))(x) for i, x in enumerate(xs)]
         return outputs, kv_cache, captured, attention

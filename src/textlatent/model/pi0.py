@@ -11,7 +11,7 @@ from flax import nnx, struct
 
 from textlatent.model import ops
 from textlatent.model.config import Pi0Config
-from textlatent.model.gemma import Gemma, KVCache
+from textlatent.model.gemma import Gemma, KVCache, LayerWeights
 from textlatent.model.intervention import ResidualEdit
 from textlatent.model.siglip import SigLIP
 
@@ -214,8 +214,13 @@ class Pi0(nnx.Module):
     def embed_prefix(self, obs: Observation) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Image tokens (in ``image_keys`` order) then prompt embeddings: ([B, P, D], valid bool[B, P], ar bool[P])."""
         tokens, masks, ar = [], [], []
-        for key in self.present_cameras(obs):
-            image_tokens = self.PaliGemma.img(obs.images[key])
+        cameras = self.present_cameras(obs)
+        if self.config.one_image_pass and len(cameras) > 1:
+            stacked = self.PaliGemma.img(jnp.concatenate([obs.images[key] for key in cameras], axis=0))
+            per_camera = jnp.split(stacked, len(cameras), axis=0)
+        else:
+            per_camera = [self.PaliGemma.img(obs.images[key]) for key in cameras]
+        for key, image_tokens in zip(cameras, per_camera, strict=True):
             tokens.append(image_tokens)
             masks.append(jnp.repeat(obs.image_masks[key][:, None], image_tokens.shape[1], axis=1))
             ar += [False] * image_tokens.shape[1]
@@ -307,14 +312,25 @@ class Pi0(nnx.Module):
         return attention
 
     # ----------------------------------------------------------------------------------------------- suffix pass
-    def velocity(self, obs: Observation, cache: PrefixCache, x_t: jax.Array, time: jax.Array) -> jax.Array:
-        """Flow velocity v(x_t, t) from the action expert attending to the cached prefix. [B, H, action_dim]."""
+    def velocity(
+        self,
+        obs: Observation,
+        cache: PrefixCache,
+        x_t: jax.Array,
+        time: jax.Array,
+        *,
+        layer_weights: LayerWeights | None = None,
+    ) -> jax.Array:
+        """Flow velocity v(x_t, t) from the action expert attending to the cached prefix. [B, H, action_dim].
+        ``layer_weights``: the expert's per-layer weights (``Gemma.layer_weights([1])``), cut once for all steps."""
         suffix, suffix_mask, suffix_ar = self.embed_suffix(obs, x_t, time)
         suffix_attn = ops.make_attn_mask(suffix_mask, suffix_ar)
         prefix_attn = jnp.repeat(cache.mask[:, None, :], suffix.shape[1], axis=1)
         full_mask = jnp.concatenate([prefix_attn, suffix_attn], axis=-1)
         positions = jnp.sum(cache.mask, axis=-1)[:, None] + jnp.cumsum(suffix_mask, axis=-1) - 1
-        (_, suffix_out), _, _ = self.PaliGemma.llm([None, suffix], positions, full_mask, kv_cache=cache.kv)
+        (_, suffix_out), _, _, _ = self.PaliGemma.llm.forward(
+            [None, suffix], positions, full_mask, kv_cache=cache.kv, layer_weights=layer_weights
+        )
         return self.action_out_proj(suffix_out[:, -self.config.action_horizon :])
 
     def sample_actions(
@@ -338,10 +354,11 @@ class Pi0(nnx.Module):
                 raise ValueError("sample_actions needs either rng or noise")
             noise = jax.random.normal(rng, (batch, self.config.action_horizon, self.config.action_dim))
         cache, _ = self.encode_prefix(obs, edit=edit)
+        layer_weights = self.PaliGemma.llm.layer_weights([1]) if self.config.expert_weights_per_layer else None
 
         def step(carry):
             x_t, time = carry
-            v_t = self.velocity(obs, cache, x_t, jnp.broadcast_to(time, batch))
+            v_t = self.velocity(obs, cache, x_t, jnp.broadcast_to(time, batch), layer_weights=layer_weights)
             return ops.euler_update(x_t, v_t, dt), time + dt
 
         # The time carry accumulates t + dt in float32 exactly as openpi (1.0, 0.9, 0.79999995, ...).

@@ -1,0 +1,208 @@
+"""Model options side by side in one process: per-program times (prefix pass, one flow step, the whole chunk,
+prefix-only capture), kernels per compiled program, a kernel-time profile of one chunk, and every variant's actions
+against the first variant's (the reference arithmetic). Full-size π0, random bf16 weights, compact LIBERO layout.
+
+    XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONPATH=src python benchmarks/gpu_variants.py \\
+        --variants base cudnn cudnn+one_image_pass --profile base cudnn
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import functools
+import glob
+import os
+import pathlib
+import re
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from common import TINY_MODEL, environment, median_ms
+from pi0_latency import libero_observation, random_params
+
+from textlatent.checkpoint import model_from_params
+from textlatent.latents.capture import _prompt_sums
+from textlatent.model import Pi0Config
+from textlatent.model.pi0 import compact_observation
+
+OPTIONS = {
+    "base": {},
+    "one_image_pass": {"one_image_pass": True},
+    "unroll": {"unroll_layers": True},
+    "expert": {"expert_weights_per_layer": True},
+}
+
+
+def _parse(value: str):
+    return {"true": True, "false": False}.get(value.lower(), value)
+
+
+def variant_options(name: str) -> dict:
+    options = {}
+    for part in name.split("+"):
+        options.update(OPTIONS[part])
+    return options
+
+
+def kernel_counts(compiled_text: str) -> str:
+    """Fusions and custom calls (cuBLAS, cuDNN) per HLO computation, the three largest computations first."""
+    counts, name = collections.Counter(), None
+    for line in compiled_text.splitlines():
+        head = re.match(r"^(ENTRY )?%?([\w.\-]+) .*\{$", line)
+        if head:
+            name = head.group(2)
+            continue
+        if name and re.search(r"\bfusion\(|custom-call\(", line):
+            counts[name] += 1
+    kinds = collections.Counter(re.findall(r'custom_call_target="([^"]+)"', compiled_text))
+    top = ", ".join(f"{n}: {c}" for n, c in counts.most_common(3))
+    return f"{sum(counts.values())} launches in all ({top}); custom calls {dict(kinds)}"
+
+
+def kernel_profile(fn, calls: int, top: int) -> list[str]:
+    """Sum of GPU kernel time per kernel name over ``calls`` calls of ``fn`` (after one warm-up)."""
+    jax.block_until_ready(fn())
+    with tempfile.TemporaryDirectory() as trace_dir:
+        jax.profiler.start_trace(trace_dir)
+        start = time.perf_counter()
+        for _ in range(calls):
+            jax.block_until_ready(fn())
+        wall = (time.perf_counter() - start) * 1000 / calls
+        jax.profiler.stop_trace()
+        files = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+        if not files:
+            return ["no trace written"]
+        data = jax.profiler.ProfileData.from_file(files[0])
+    per_name, count, total, seen = collections.Counter(), collections.Counter(), 0.0, []
+    for plane in data.planes:
+        lines = list(plane.lines)
+        seen.append(f"{plane.name}: " + ", ".join(f"{line.name} ({len(list(line.events))})" for line in lines[:8]))
+        if "gpu" not in plane.name.lower():
+            continue
+        for line in lines:
+            if line.name.lower() in ("xla ops", "xla modules", "steps", "source", "tf ops", "launch stats"):
+                continue
+            for event in line.events:
+                if event.name.startswith("memcpy") and count[event.name] < 3:
+                    seen.append(f"{event.name} on {line.name}: {event.duration_ns / 1e3:.1f} us, {dict(event.stats)}")
+                ms = event.duration_ns / 1e6 / calls
+                per_name[event.name] += ms
+                count[event.name] += 1
+                total += ms
+    lines = [f"wall {wall:.2f} ms per call (traced); GPU busy {total:.2f} ms in {sum(count.values()) // calls} kernels"]
+    lines += seen if not total else [x for x in seen if x.startswith("memcpy")]
+    for name, ms in per_name.most_common(top):
+        lines.append(f"  {ms:7.3f} ms  {count[name] // calls:5d}×  {name[:110]}")
+    return lines
+
+
+def measure(name, model, args, observations, noises, reference, compiler_options) -> dict:
+    """One variant's programs: compile, time, compare with ``reference`` (filled by the first variant)."""
+    graphdef, state = nnx.split(model)
+    first = name == args.variants[0]
+
+    def sample(state, obs, noise):
+        return nnx.merge(graphdef, state).sample_actions(None, obs, noise=noise)
+
+    def prefix(state, obs):
+        return nnx.merge(graphdef, state).encode_prefix(obs)[0]
+
+    def step(state, obs, cache, x):
+        model = nnx.merge(graphdef, state)
+        return model.velocity(model.preprocess(obs), cache, x, jnp.full(x.shape[0], 0.5))
+
+    jit = functools.partial(jax.jit, compiler_options=compiler_options)
+    prefix_jit, result = jit(prefix), {}
+    for b in (1,) if "b8" in args.skip else (1, 8):
+        obs, noise = observations[b], noises[b]
+        t0 = time.perf_counter()
+        compiled = jit(sample).lower(state, obs, noise).compile()
+        result[f"compile b{b} s"] = time.perf_counter() - t0
+        if b == 1:
+            print(f"[{name}] sample b1 kernels: {kernel_counts(compiled.as_text())}", flush=True)
+            if args.dump and first:
+                args.dump.mkdir(parents=True, exist_ok=True)
+                (args.dump / f"{name}_chunk_b1.hlo.txt").write_text(compiled.as_text())
+        run = functools.partial(compiled, state, obs, noise)
+        result[f"chunk b{b}"] = median_ms(run, args.repeats)
+        actions = np.asarray(run(), np.float32)
+        if first:
+            reference[b] = actions
+        result[f"max|Δ| b{b}"] = float(np.abs(actions - reference[b]).max())
+        result[f"bf16 ulp b{b}"] = float(np.abs(reference[b]).max() * 2**-8)
+        if "prefix" not in args.skip:
+            result[f"prefix b{b}"] = median_ms(functools.partial(prefix_jit, state, obs), args.repeats)
+        if "step" not in args.skip:
+            cache = prefix_jit(state, obs)
+            step_c = jit(step).lower(state, obs, cache, noise).compile()
+            if b == 1:
+                print(f"[{name}] one flow step b1 kernels: {kernel_counts(step_c.as_text())}", flush=True)
+                if args.dump and first:
+                    (args.dump / f"{name}_step_b1.hlo.txt").write_text(step_c.as_text())
+            result[f"step b{b}"] = median_ms(functools.partial(step_c, state, obs, cache, noise), args.repeats)
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in result.items() if k.endswith((f"b{b}", f"b{b} s")))
+        print(f"[{name}] b{b}: {shown}", flush=True)
+        if b == 1 and name in args.profile:
+            for line in kernel_profile(run, 3, 25):
+                print(f"[{name}] profile chunk b1: {line}", flush=True)
+    if "capture" not in args.skip:
+        sums = jax.jit(_prompt_sums, static_argnums=(0,), compiler_options=compiler_options)
+        run = functools.partial(sums, graphdef, state, observations[32], jnp.ones(32, jnp.float32))
+        result["capture b32 frames/s"] = 32 / median_ms(run, max(5, args.repeats // 2)) * 1000
+        captured = np.asarray(run())
+        if first:
+            reference["capture"] = captured
+        valid = np.isfinite(reference["capture"])
+        rel = np.linalg.norm((captured - reference["capture"])[valid]) / np.linalg.norm(reference["capture"][valid])
+        result["capture rel Δ"] = float(rel)
+        print(f"[{name}] capture b32: {result['capture b32 frames/s']:.1f} frames/s, rel Δ {rel:.2e}", flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", nargs="+", default=["base", "cudnn"])
+    parser.add_argument("--profile", nargs="*", default=[], help="variants to profile (one chunk at batch 1)")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--tiny", action="store_true", help="the tests' tiny model (a quick check of this script)")
+    parser.add_argument(
+        "--compiler-option", action="append", default=[], help="KEY=VALUE XLA option for every program (jax.jit)"
+    )
+    parser.add_argument(
+        "--dump", type=pathlib.Path, help="write each variant's compiled HLO (chunk, step; batch 1) here"
+    )
+    parser.add_argument("--skip", nargs="*", default=[], help="programs to skip: prefix step b8 capture")
+    args = parser.parse_args()
+    compiler_options = {k: _parse(v) for k, _, v in (o.partition("=") for o in args.compiler_option)}
+    print(environment(), "| XLA_FLAGS:", os.environ.get("XLA_FLAGS", ""), "| options:", compiler_options, flush=True)
+
+    base = Pi0Config(dtype="bfloat16", **(TINY_MODEL if args.tiny else {}))
+    params = random_params(base, jnp.bfloat16)
+    observations = {b: compact_observation(libero_observation(base, b), base.max_token_len) for b in (1, 8, 32)}
+    noises = {b: jax.random.normal(jax.random.key(1), (b, base.action_horizon, base.action_dim)) for b in (1, 8)}
+
+    rows, reference = [], {}
+    for name in args.variants:
+        config = dataclasses.replace(base, **variant_options(name))
+        model = model_from_params(config, params)
+        rows.append((name, measure(name, model, args, observations, noises, reference, compiler_options)))
+        del model
+
+    keys = list(dict.fromkeys(k for _, r in rows for k in r))
+    print("\n| variant | " + " | ".join(keys) + " |")
+    print("|---" * (len(keys) + 1) + "|")
+    for name, r in rows:
+        print(f"| {name} | " + " | ".join(f"{r[k]:.4g}" if k in r else "" for k in keys) + " |")
+
+
+if __name__ == "__main__":
+    main()
