@@ -22,6 +22,7 @@ from textlatent.libero.evaluation import (
     plan_jobs,
 )
 from textlatent.libero.protocol import LIBERO_DUMMY_ACTION
+from textlatent.libero.sim import suite_tasks
 from textlatent.serving.function_server import FunctionServer
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -311,3 +312,34 @@ def test_a_killed_run_resumes_without_losing_or_repeating_episodes(tmp_path):
     rows = list(csv.DictReader((run / "episodes.csv").open()))
     assert sorted(r["episode_index"] for r in rows) == ["0", "1"]
     assert len({r["video_paths"] for r in rows}) == 2
+
+
+@pytest.mark.slow
+@needs_libero
+def test_a_scripted_policy_that_solves_the_task_is_scored_success(tmp_path):
+    """Through the server and an env worker, as any policy: the scripted controller only sees the request's state."""
+    from textlatent.libero.evaluation import Output
+    from textlatent.libero.scripted import ScriptedPickPlace, pick_place_targets
+    from textlatent.libero.sim import LiberoEnv, prepare
+
+    # The scene the worker will see: the same task, the same episode seed, after the same settle steps.
+    prepare()
+    task = suite_tasks("libero_goal_ood")[7]
+    env = LiberoEnv(task, workdir=tmp_path / "probe", resolution=64)
+    try:
+        obs = env.reset(0, episode_seed(7, 7, 0))
+        for _ in range(10):
+            obs, *_ = env.step(list(LIBERO_DUMMY_ACTION))
+    finally:
+        env.close()
+    controller = ScriptedPickPlace(*pick_place_targets(obs, "cream_cheese_1", "plate_1"))
+    report = _run(
+        tmp_path,
+        lambda request: {"actions": controller(request["observation/state"])},
+        max_steps=200,
+        output=Output(video="failures"),
+    )
+    assert (report.finished, report.successes) == (1, 1)
+    (row,) = list(csv.DictReader((tmp_path / "run" / "episodes.csv").open()))
+    assert row["success"] == "1" and int(row["steps"]) < 210  # ended on success, before the budget
+    assert row["video_paths"] == "[]"  # --video failures keeps none for a success

@@ -14,6 +14,7 @@ Every env process must call it (the checks are patched in the process, LIBERO's 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes.util
 import hashlib
 import importlib.util
@@ -26,7 +27,7 @@ import shutil
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -233,7 +234,9 @@ def _ontop_check(threshold: float):
 
 
 def apply_success_check(success_check: str) -> None:
-    """Select the `On` threshold and the assets folder of a success check in this process."""
+    """Select the `On` threshold and the assets folder of a success check in this process. Envs built afterwards use
+    that assets folder for their whole life (`LiberoEnv` pins it: LIBERO rebuilds the scene from XML on every
+    reset); the threshold applies to every env of the process."""
     global _ORIGINAL_CHECK_ONTOP
     if success_check not in SUCCESS_CHECKS:
         raise ValueError(f"success check must be one of {', '.join(SUCCESS_CHECKS)}, got {success_check!r}")
@@ -448,7 +451,22 @@ class LiberoEnv:
             bddl_path = str(directory / f"{task.suite}-{task.task_id:02d}-{task.name}.bddl")
             Path(bddl_path).write_text(task.bddl_text or "")
         self.bddl_path = bddl_path
-        self.env = OffScreenRenderEnv(bddl_file_name=bddl_path, camera_heights=resolution, camera_widths=resolution)
+        import libero.libero as libero_pkg
+
+        # LIBERO rebuilds the model from the asset XMLs on every reset: keep the folder this env was built with.
+        self.assets = libero_pkg._assets_path_cache
+        with self._own_assets():
+            self.env = OffScreenRenderEnv(bddl_file_name=bddl_path, camera_heights=resolution, camera_widths=resolution)
+
+    @contextlib.contextmanager
+    def _own_assets(self) -> Iterator[None]:
+        import libero.libero as libero_pkg
+
+        previous, libero_pkg._assets_path_cache = libero_pkg._assets_path_cache, self.assets
+        try:
+            yield
+        finally:
+            libero_pkg._assets_path_cache = previous
 
     @property
     def num_fixed_states(self) -> int:
@@ -456,7 +474,8 @@ class LiberoEnv:
 
     def reset(self, trial: int, seed: int) -> dict[str, Any]:
         np.random.seed(seed)  # noqa: NPY002 -- LIBERO samples placements from the global RNG
-        obs = self.env.reset()
+        with self._own_assets():
+            obs = self.env.reset()
         if self._fixed is not None:
             if not 0 <= trial < len(self._fixed):
                 raise IndexError(

@@ -426,7 +426,10 @@ _NEXT_TO_BOX_LAYOUT = _bowls_at("main_table_next_to_box_region", STOVE_BASE)
 
 # Pick spots copied from LIBERO-Goal, so that the Goal latent of the base task leads the arm there (spec §7.3).
 _GOAL_CREAM_CHEESE_SPOT: Range = (-0.06, 0.12, -0.04, 0.14)
-_SPATIAL_OOD_BOTTLE_SPOT: Range = (-0.19, 0.0, -0.19, 0.015)  # zero width in x, as in the reference
+# The reference files write x_min as -0.19000000000000002: a region 2.8e-17 m wide in x, i.e. a line. The value is
+# kept to the last bit: at exactly -0.19 the width is 0 and MuJoCo refuses the region's geom ("size 0 must be
+# positive"), so the task could not be built at all.
+_SPATIAL_OOD_BOTTLE_SPOT: Range = (-0.19000000000000002, 0.0, -0.19, 0.015)
 
 
 def _new_object_on_table(variable: str, type_: str, spot: Range) -> Scene:
