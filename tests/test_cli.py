@@ -1,3 +1,8 @@
+import csv
+import importlib.util
+
+import pytest
+
 from textlatent.checkpoint import model_params, write_checkpoint
 from textlatent.cli import main
 
@@ -18,6 +23,22 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert (tmp_path / "checkpoint" / "params").is_dir()
     assert (tmp_path / "checkpoint" / "assets" / "physical-intelligence" / "libero" / "norm_stats.json").exists()
     assert "random" in out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("libero") is None, reason="the LIBERO simulator group is not installed")
+def test_demo_runs_the_whole_chain(tmp_path, capsys):
+    """The README's main job, shortened: random π0, latents from simulator frames, server, one TLI episode."""
+    main(["demo", "--out", str(tmp_path), "--max-steps", "5"])
+    out = capsys.readouterr().out
+    assert "RANDOM-weight" in out and "success will be 0%" in out
+    for name in ("put_the_cream_cheese_in_the_bowl", "put_the_bowl_on_the_plate"):
+        assert (tmp_path / "latents" / f"{name}.safetensors").exists()
+    assert "| tli | 7 | put the cream cheese on the plate | 0/1 | 0.0% |" in out
+    (video,) = (tmp_path / "eval" / "videos").rglob("*.mp4")
+    assert f"video: {video}" in out
+    (row,) = list(csv.DictReader((tmp_path / "eval" / "episodes.csv").open()))
+    assert row["label"] == "tli" and row["steps"] == "15" and row["error"] == ""
 
 
 def _free_port() -> int:
@@ -42,7 +63,15 @@ def test_serve_random_answers_the_stock_client_and_stops_on_sigterm(tmp_path):
 
     port = _free_port()
     env = {**os.environ, "TEXTLATENT_CACHE": str(tmp_path / "cache")}
-    command = [sys.executable, "-c", "from textlatent.cli import main; main()", "serve", "--random", "--port", str(port)]
+    command = [
+        sys.executable,
+        "-c",
+        "from textlatent.cli import main; main()",
+        "serve",
+        "--random",
+        "--port",
+        str(port),
+    ]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 600
