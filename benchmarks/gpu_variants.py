@@ -131,7 +131,7 @@ def measure(name, model, args, observations, noises, reference, compiler_options
             print(f"[{name}] sample b1 kernels: {kernel_counts(compiled.as_text())}", flush=True)
             if args.dump and first:
                 args.dump.mkdir(parents=True, exist_ok=True)
-                (args.dump / f"{name}_chunk_b1.hlo.txt").write_text(compiled.as_text())
+                (args.dump / f"{name.replace('+', '_')}_chunk_b1.hlo.txt").write_text(compiled.as_text())
         run = functools.partial(compiled, state, obs, noise)
         result[f"chunk b{b}"] = median_ms(run, args.repeats)
         actions = np.asarray(run(), np.float32)
@@ -147,7 +147,7 @@ def measure(name, model, args, observations, noises, reference, compiler_options
             if b == 1:
                 print(f"[{name}] one flow step b1 kernels: {kernel_counts(step_c.as_text())}", flush=True)
                 if args.dump and first:
-                    (args.dump / f"{name}_step_b1.hlo.txt").write_text(step_c.as_text())
+                    (args.dump / f"{name.replace('+', '_')}_step_b1.hlo.txt").write_text(step_c.as_text())
             result[f"step b{b}"] = median_ms(functools.partial(step_c, state, obs, cache, noise), args.repeats)
         shown = ", ".join(f"{k} {v:.4g}" for k, v in result.items() if k.endswith((f"b{b}", f"b{b} s")))
         print(f"[{name}] b{b}: {shown}", flush=True)

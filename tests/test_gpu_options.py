@@ -74,6 +74,11 @@ def test_layer_weights_are_per_layer_slices_of_the_stream(f32_model):
     np.testing.assert_array_equal(layer["mlp_1"]["linear"], stacked["mlp_1"]["linear"][2])
     np.testing.assert_array_equal(layer["attn"]["q_einsum_1"]["w"], stacked["attn"]["q_einsum_1"]["w"][2])
     assert "mlp" not in layer and "q_einsum" not in layer["attn"]  # stream 0 stays stacked, in ``rest``
+    # The gate and up matrices are cut apart once, outside any loop over passes; stream 0 gets none.
+    gate, up = weights.gating[2][1]
+    np.testing.assert_array_equal(gate, stacked["mlp_1"]["gating_einsum"][2, 0])
+    np.testing.assert_array_equal(up, stacked["mlp_1"]["gating_einsum"][2, 1])
+    assert weights.gating[2][0] is None and "gating_einsum" not in layer["mlp_1"]
 
 
 def test_layer_weights_must_cover_the_streams_that_run(f32_model):

@@ -29,6 +29,7 @@ class LayerWeights:
     graphdef: nnx.GraphDef = struct.field(pytree_node=False)
     per_layer: tuple  # of nnx.State, one per layer
     rest: nnx.State
+    gating: tuple  # per layer, per stream: (W_gate, W_up) or None (the stacked ``gating_einsum`` stays in ``rest``)
     streams: tuple[int, ...] = struct.field(pytree_node=False)
 
 
@@ -68,8 +69,9 @@ class FeedForward(nnx.Module):
             _init_lecun(in_axis=-2, out_axis=-1, batch_axis=(0,))(rngs.params(), (depth, hidden, width))
         )
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        gating = self.gating_einsum[...]
+    def __call__(self, x: jax.Array, gating: Sequence[jax.Array] | None = None) -> jax.Array:
+        """``gating``: this layer's (W_gate, W_up), when already cut out of ``gating_einsum`` (``Gemma.layer_weights``)."""
+        gating = self.gating_einsum[...] if gating is None else gating
         gate = ops.gelu(jnp.dot(x, gating[0].astype(x.dtype)))
         up = jnp.dot(x, gating[1].astype(x.dtype))
         return jnp.dot(gate * up, self.linear[...].astype(x.dtype))
@@ -91,8 +93,9 @@ class Block(nnx.Module):
         out, kv_cache, _ = self.forward(xs, positions, mask, kv_cache)
         return out, kv_cache
 
-    def forward(self, xs, positions, mask, kv_cache, attention_queries: jax.Array | None = None):
-        """The layer, plus stream-0 attention probabilities at ``attention_queries`` (see ``Attention.forward``)."""
+    def forward(self, xs, positions, mask, kv_cache, attention_queries: jax.Array | None = None, gating=None):
+        """The layer, plus stream-0 attention probabilities at ``attention_queries`` (see ``Attention.forward``).
+        ``gating``: per stream, (W_gate, W_up) of this layer or None (``FeedForward``)."""
         normed = [None if x is None else getattr(self, _suffix("pre_attention_norm", i))(x) for i, x in enumerate(xs)]
         attn_out, kv_cache, probs = self.attn.forward(normed, positions, mask, kv_cache, attention_queries)
         xs = [None if x is None else x + y for x, y in zip(xs, attn_out, strict=True)]
@@ -101,7 +104,8 @@ class Block(nnx.Module):
             if x is None:
                 out.append(None)
                 continue
-            y = getattr(self, _suffix("mlp", i))(getattr(self, _suffix("pre_ffw_norm", i))(x))
+            mlp_gating = None if gating is None else gating[i]
+            y = getattr(self, _suffix("mlp", i))(getattr(self, _suffix("pre_ffw_norm", i))(x), mlp_gating)
             out.append(x + y)
         return out, kv_cache, probs
 
@@ -223,7 +227,8 @@ class Gemma(nnx.Module):
         """The layer parameters of ``streams`` cut into one state per layer, for ``forward(..., layer_weights=...)``.
 
         Slicing a layer out of the stacked weights is a copy on GPU, and inside a loop over passes (the flow steps)
-        it is repeated every pass. Cut once here, outside that loop, every pass reads the same per-layer copies."""
+        it is repeated every pass. Cut once here, outside that loop, every pass reads the same per-layer copies. The
+        feed-forward gate and up matrices are cut apart here too (their split is a copy as well)."""
         streams = tuple(sorted(set(streams)))
 
         def stream_of(path) -> int:
@@ -233,9 +238,15 @@ class Gemma(nnx.Module):
                     return int(number)
             return 0
 
-        graphdef, sliced, rest = nnx.split(self.layers, lambda path, _: stream_of(path) in streams, ...)
+        def cut(path, _) -> bool:
+            return stream_of(path) in streams and "gating_einsum" not in (str(key) for key in path)
+
+        graphdef, sliced, rest = nnx.split(self.layers, cut, ...)
         per_layer = tuple(jax.tree.map(lambda a, i=i: a[i], sliced) for i in range(self.depth))
-        return LayerWeights(graphdef=graphdef, per_layer=per_layer, rest=rest, streams=streams)
+        mlps = [getattr(self.layers, _suffix("mlp", s)) for s in range(len(self.configs))]
+        stacked = [mlp.gating_einsum[...] if s in streams else None for s, mlp in enumerate(mlps)]
+        gating = tuple(tuple(None if g is None else (g[i, 0], g[i, 1]) for g in stacked) for i in range(self.depth))
+        return LayerWeights(graphdef=graphdef, per_layer=per_layer, rest=rest, gating=gating, streams=streams)
 
     def embed(self, tokens: jax.Array) -> jax.Array:
         return self.embedder.encode(tokens).astype(self.embed_dtype)
@@ -318,7 +329,7 @@ class Gemma(nnx.Module):
         graphdef, layer_state = nnx.split(self.layers)
 
         def run_layer(xs, layer_in):
-            state, cache, layer_delta = layer_in
+            state, cache, layer_delta, gating = layer_in
             if layer_delta is not None:
                 xs = [xs[0].at[:, edit.positions].add(layer_delta.astype(xs[0].dtype), mode="drop"), *xs[1:]]
             captured = (
@@ -327,22 +338,23 @@ class Gemma(nnx.Module):
                 else jnp.take(xs[0], capture_positions, axis=1, mode="fill", fill_value=jnp.nan)
             )
             block = nnx.merge(graphdef, *state) if layer_weights is not None else nnx.merge(graphdef, state)
-            xs, cache, attention = block.forward(xs, positions, mask, cache, attention_queries)
+            xs, cache, attention = block.forward(xs, positions, mask, cache, attention_queries, gating)
             # ``attention`` is None unless asked: a None leaf adds no scan output.
             return xs, (cache, captured, attention)
 
         if layer_weights is None:
             xs, (kv_cache, captured, attention) = lax.scan(
-                run_layer, xs, (layer_state, kv_cache, delta), unroll=self.unroll_layers
+                run_layer, xs, (layer_state, kv_cache, delta, None), unroll=self.unroll_layers
             )
         else:
             running = [i for i, x in enumerate(xs) if x is not None]
             if not set(running) <= set(layer_weights.streams):
                 raise ValueError(f"layer_weights cover streams {layer_weights.streams}, but streams {running} run")
             graphdef, outs = layer_weights.graphdef, []
-            for i, weights in enumerate(layer_weights.per_layer):
+            for i, (weights, gating) in enumerate(zip(layer_weights.per_layer, layer_weights.gating, strict=True)):
                 cache = None if kv_cache is None else jax.tree.map(lambda a, i=i: a[i], kv_cache)
-                xs, out = run_layer(xs, ((weights, layer_weights.rest), cache, None if delta is None else delta[i]))
+                layer_delta = None if delta is None else delta[i]
+                xs, out = run_layer(xs, ((weights, layer_weights.rest), cache, layer_delta, gating))
                 outs.append(out)
             kv_cache, captured, attention = jax.tree.map(lambda *a: jnp.stack(a), *outs)
         outputs = [None if x is None else getattr(self, _suffix("final_norm", i))(x) for i, x in enumerate(xs)]
