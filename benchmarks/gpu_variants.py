@@ -137,7 +137,7 @@ def measure(name, model, args, observations, noises, reference, compiler_options
         actions = np.asarray(run(), np.float32)
         if first:
             reference[b] = actions
-        result[f"max|Δ| b{b}"] = float(np.abs(actions - reference[b]).max())
+        result[f"max Δ b{b}"] = float(np.abs(actions - reference[b]).max())
         result[f"bf16 ulp b{b}"] = float(np.abs(reference[b]).max() * 2**-8)
         if "prefix" not in args.skip:
             result[f"prefix b{b}"] = median_ms(functools.partial(prefix_jit, state, obs), args.repeats)
