@@ -381,3 +381,36 @@ def test_scripted_policy_phases_follow_the_state():
     assert policy.phase == Phase.ABOVE_PICK
     with pytest.raises(ValueError, match="8-D"):
         policy(np.zeros(7))
+
+
+@pytest.mark.slow
+def test_camera_gating_renders_the_same_images_at_the_steps_that_render(paper_setup, plate_env, tmp_path):
+    """The runner draws the cameras only for the observations the policy sees: those must be exactly what an env
+    that renders every step gives, at the same sampling moments, after any number of skipped renders."""
+    other = sim.LiberoEnv(plate_env.task, workdir=tmp_path, resolution=TEST_RESOLUTION)
+    try:
+        a, b = plate_env.reset(trial=0, seed=11), other.reset(trial=0, seed=11)
+        np.testing.assert_array_equal(a["agentview_image"], b["agentview_image"])
+        rng = np.random.default_rng(0)
+        rendered = 0
+        for step in range(16):
+            action = list(rng.uniform(-1, 1, 7))
+            other.rendering = step % 5 == 4 or step == 7
+            a, *_ = plate_env.step(action)
+            b, *_ = other.step(action)
+            np.testing.assert_array_equal(a["robot0_eef_pos"], b["robot0_eef_pos"])  # physics untouched
+            for camera in sim.CAMERA_OBSERVABLES:
+                if other.rendering:
+                    np.testing.assert_array_equal(a[camera], b[camera])
+                else:
+                    assert not b[camera].any()
+            rendered += other.rendering
+        assert rendered == 4
+        # a reset rebuilds robosuite's sensors: the gate must still hold afterwards
+        other.rendering = False
+        other.reset(trial=0, seed=12)
+        b, *_ = other.step(list(LIBERO_DUMMY_ACTION))
+        assert not b["agentview_image"].any()
+    finally:
+        other.rendering = True
+        other.close()

@@ -656,6 +656,10 @@ class Eval:
     resume: bool = False
     """Continue the run in --out: finished episodes are kept, the rest run."""
     video: Literal["all", "failures", "none"] = "all"
+    """Episode videos to keep. Frames cost a render of both cameras each; without videos only the observations the
+    policy sees are rendered (one step in 5), which makes evaluation ~4× faster on a CPU."""
+    video_stride: int = 1
+    """A video frame every N env steps (2: half the rendering, videos still play in real time)."""
     trajectory: bool = False
     """Draw the end effector's path (coloured by time) over the agent view in the videos."""
     render: Literal["auto", "egl", "osmesa"] = "auto"
@@ -700,7 +704,9 @@ class Eval:
                 max_steps=self.max_steps,
                 paper_max_steps=self.paper_max_steps or paper_grid,
             )
-            output = Output(video=self.video, trajectory=self.trajectory, render=self.render)
+            output = Output(
+                video=self.video, video_stride=self.video_stride, trajectory=self.trajectory, render=self.render
+            )
         except ValueError as exc:
             raise SystemExit(str(exc)) from None
         decodings = None

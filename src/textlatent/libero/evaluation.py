@@ -121,6 +121,7 @@ class Output:
     """What is written besides the records (not part of the outcome, may change on resume)."""
 
     video: str = "all"
+    video_stride: int = 1  # a frame every N env steps (each frame costs a render of both cameras)
     video_fps: int = 20
     trajectory: bool = False
     render: str = "auto"
@@ -128,6 +129,8 @@ class Output:
     def __post_init__(self) -> None:
         if self.video not in VIDEO_CHOICES:
             raise ValueError(f"video must be one of {', '.join(VIDEO_CHOICES)}, got {self.video!r}")
+        if self.video_stride < 1:
+            raise ValueError(f"video stride must be ≥ 1, got {self.video_stride}")
 
 
 def episode_seed(seed: int, task_id: int, trial: int) -> int:
@@ -269,20 +272,6 @@ class WorkerConfig:
     run_dir: str
 
 
-class _RecordingEnv:
-    """The env as `EpisodeLoop` drives it, writing video frames and remembering whether the simulator failed."""
-
-    def __init__(self, env: Any, video: Any | None) -> None:
-        self.env, self.video, self.steps = env, video, 0
-
-    def step(self, action: Sequence[float]):
-        obs, reward, done, info = self.env.step(action)
-        self.steps += 1
-        if self.video is not None:
-            self.video.add(obs)
-        return obs, reward, done, info
-
-
 def run_job(env: Any, client: PolicyClient, job: Job, config: WorkerConfig) -> dict[str, Any]:
     """One episode. Policy errors propagate (they stop the run); simulator errors end the episode as a failure."""
     from textlatent.libero.video import EpisodeVideo, TrajectoryOverlay
@@ -297,26 +286,38 @@ def run_job(env: Any, client: PolicyClient, job: Job, config: WorkerConfig) -> d
         if config.output.trajectory:
             # After the reset: LIBERO rebuilds the simulation on every reset.
             horizon = job.max_steps + config.num_steps_wait
-            overlay = TrajectoryOverlay(env.env.sim, "agentview", config.resolution, config.resolution, horizon)
-        video = EpisodeVideo(video_path, fps=config.output.video_fps, overlay=overlay)
+            overlay = TrajectoryOverlay(
+                env.env.sim,
+                "agentview",
+                config.resolution,
+                config.resolution,
+                horizon // config.output.video_stride,
+                every=max(1, 2 // config.output.video_stride),
+            )
+        stride = config.output.video_stride
+        video = EpisodeVideo(video_path, fps=max(1, round(config.output.video_fps / stride)), overlay=overlay)
     error = ""
     loop = EpisodeLoop(max_steps=job.max_steps, num_steps_wait=config.num_steps_wait, replan_steps=config.replan_steps)
     try:
-        recording = _RecordingEnv(env, video)
+        stride = config.output.video_stride
         while not loop.finished:
-            if loop.wants_observation():
+            if loop.wants_policy():
                 request = policy_request(obs, job.task.prompt, config.resize)
-                if loop.wants_policy():
-                    if job.steering is not None:
-                        request["steering"] = {**job.steering, "step": loop.queries, "episode_id": job.episode_id}
-                    loop.load(client.infer(request)["actions"])
+                if job.steering is not None:
+                    request["steering"] = {**job.steering, "step": loop.queries, "episode_id": job.episode_id}
+                loop.load(client.infer(request)["actions"])
             action = loop.next_action()
+            frame = video is not None and loop.t % stride == 0
+            # Draw the cameras only for a video frame or for the observation the next policy call will see.
+            env.rendering = frame or (loop.t + 1 >= config.num_steps_wait and len(loop.plan) == 0)
             try:
-                obs, _reward, done, _info = recording.step(np.asarray(action).tolist())
+                obs, _reward, done, _info = env.step(np.asarray(action).tolist())
             except Exception as exc:  # a simulator failure ends the episode as a failure, as openpi counts it
                 loop.record_error(exc)
                 error = loop.error or ""
                 break
+            if frame:
+                video.add(obs)
             loop.record_step(bool(done))
     finally:
         if video is not None:

@@ -42,6 +42,7 @@ RenderBackend = Literal["auto", "egl", "osmesa"]
 InitialStates = Literal["fixed", "seeded"]
 
 SUCCESS_CHECKS: tuple[str, ...] = ("paper", "upstream")
+CAMERA_OBSERVABLES: tuple[str, ...] = ("agentview_image", "robot0_eye_in_hand_image")
 STANDARD_SUITES: tuple[str, ...] = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
 OOD_SUITES: tuple[str, ...] = tuple(LIBERO_OOD_SUITES)
 ALL_SUITES: tuple[str, ...] = STANDARD_SUITES + OOD_SUITES
@@ -457,6 +458,9 @@ class LiberoEnv:
         self.assets = libero_pkg._assets_path_cache
         with self._own_assets():
             self.env = OffScreenRenderEnv(bddl_file_name=bddl_path, camera_heights=resolution, camera_widths=resolution)
+        self.rendering = True
+        self._resolution = resolution
+        self._gate_cameras()
 
     @contextlib.contextmanager
     def _own_assets(self) -> Iterator[None]:
@@ -483,7 +487,30 @@ class LiberoEnv:
                     f"trial {trial} needs --initial-states seeded or fewer trials"
                 )
             obs = self.env.set_init_state(self._fixed[trial])
+        self._gate_cameras()  # a hard reset rebuilt the camera sensors
         return obs
+
+    def _gate_cameras(self) -> None:
+        """Make the camera sensors render only while `self.rendering` is true.
+
+        Rendering two cameras is ~95% of a step on a CPU, but a policy that replans every 5 steps looks at one
+        observation in 5. The sensors keep robosuite's sampling schedule (they are still called at the same moments);
+        while rendering is off they return zeros instead of drawing, so the images at rendered steps are exactly the
+        ones an always-rendering env gives (tested)."""
+        observables = self.env.env._observables
+        for name in CAMERA_OBSERVABLES:
+            observable = observables.get(name)
+            if observable is None or getattr(observable._sensor, "gated", False):
+                continue
+            draw = observable._sensor
+            blank = np.zeros((self._resolution, self._resolution, 3), np.uint8)
+
+            def gated(obs_cache, draw=draw, blank=blank):
+                return draw(obs_cache) if self.rendering else blank
+
+            gated.gated = True  # type: ignore[attr-defined]
+            gated.__modality__ = getattr(draw, "__modality__", "image")  # type: ignore[attr-defined]
+            observable._sensor = gated
 
     def step(self, action: Sequence[float]) -> tuple[dict[str, Any], float, bool, dict[str, Any]]:
         return self.env.step(list(action))
