@@ -2,20 +2,48 @@
 
 from __future__ import annotations
 
+import importlib
 import pathlib
+from typing import TYPE_CHECKING, Any
 
 from textlatent.checkpoint import norm_stats
 from textlatent.checkpoint.download import cache_dir, resolve
 from textlatent.checkpoint.norm_stats import NormStats
-from textlatent.checkpoint.params import (
-    CheckpointMismatchError,
-    load_model,
-    model_from_params,
-    model_params,
-    read_param_shapes,
-    restore_params,
-    save_params,
-)
+
+if TYPE_CHECKING:
+    from textlatent.checkpoint.params import (
+        CheckpointMismatchError,
+        load_model,
+        model_from_params,
+        model_params,
+        read_param_shapes,
+        restore_params,
+        save_params,
+    )
+
+# The parameter functions need JAX and orbax; they load on first use, so that norm stats (which the simulator
+# processes of an evaluation read through the policy transforms) do not import them.
+_LAZY = {
+    name: "textlatent.checkpoint.params"
+    for name in (
+        "CheckpointMismatchError",
+        "load_model",
+        "model_from_params",
+        "model_params",
+        "read_param_shapes",
+        "restore_params",
+        "save_params",
+    )
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CheckpointMismatchError",
@@ -69,6 +97,8 @@ def write_checkpoint(
     asset_id: str | None = None,
 ) -> pathlib.Path:
     """Write ``params`` (a pure dict, e.g. ``model_params(model)``) and optional norm stats in openpi's layout."""
+    from textlatent.checkpoint.params import save_params
+
     directory = pathlib.Path(directory)
     save_params(directory / "params", params)
     if stats is not None:

@@ -1,7 +1,30 @@
 """Turning a π0 checkpoint into a policy: configs by openpi name, LIBERO transforms, normalization."""
 
-from textlatent.policy.config import PolicyConfig, config_names, get_config
-from textlatent.policy.policy import Policy
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from textlatent.policy.transforms import LiberoTransforms, ObservationError
+
+if TYPE_CHECKING:
+    from textlatent.policy.config import PolicyConfig, config_names, get_config
+    from textlatent.policy.policy import Policy
+
+# Configs and the policy import the model (JAX, flax); the transforms alone do not, and simulator worker processes
+# use only them.
+_LAZY = {
+    "PolicyConfig": "textlatent.policy.config",
+    "config_names": "textlatent.policy.config",
+    "get_config": "textlatent.policy.config",
+    "Policy": "textlatent.policy.policy",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["LiberoTransforms", "ObservationError", "Policy", "PolicyConfig", "config_names", "get_config"]
