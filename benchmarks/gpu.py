@@ -4,9 +4,11 @@ Full-size π0 (3.24 B parameters) with random bf16 weights, LIBERO layout (3 cam
 12-token prompt in 48 slots; 10 flow steps). "full layout" is the prefix as openpi computes it (816 tokens);
 "compact" leaves out the always-masked camera and the prompt padding past 16 slots (528 tokens), as `Policy` and
 `LatentCapture` do by default. Floors (`../shared/spec/peers.md` §3.5): 5.5 ms per chunk, 330 frames/s of capture.
-"GPU options" is the same model with `Pi0Config(one_image_pass=True, expert_weights_per_layer=True)`; "all" adds
-`unroll_layers=True` and compiles with `XLA_OPTIONS` (cuBLAS instead of Triton matrix products, with dynamic-slice
-fusion: weights read in place). Each variant's actions are compared with the reference compact path under the table.
+"GPU options" is the same model with `Pi0Config(one_image_pass=True, expert_weights_per_layer=True)`; "policy
+default" adds the weights cut per layer once at load time (`Pi0.layer_weights()`, passed into every call), which is
+what `load_policy(...)` (compact, the default) runs on a GPU. With `--xla-variant`, "all" adds `unroll_layers=True` to
+the GPU options and compiles with `XLA_OPTIONS` (cuBLAS instead of Triton matrix products, with dynamic-slice fusion:
+weights read in place). Each variant's actions are compared with the reference compact path under the table.
 
     XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONPATH=src python benchmarks/gpu.py --out benchmarks/results/gpu_h100.md
 """
@@ -48,6 +50,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="full")
     parser.add_argument("--out", type=pathlib.Path)
+    parser.add_argument("--xla-variant", action="store_true", help="also the 'all' variant (unrolled, cuBLAS/DSF)")
     args = parser.parse_args()
 
     config = Pi0Config(dtype="bfloat16", **VARIANTS[args.variant])
@@ -59,25 +62,38 @@ def main() -> None:
     def sample(state, obs, noise, edit):
         return nnx.merge(graphdef, state).sample_actions(None, obs, noise=noise, edit=edit)
 
-    def fast_variant(options: dict, compiler_options: dict):
-        fast_graphdef, fast_state = nnx.split(model_from_params(dataclasses.replace(config, **options), params))
+    def fast_variant(options: dict, compiler_options: dict, *, cut_at_load: bool = False):
+        fast_model = model_from_params(dataclasses.replace(config, **options), params)
+        fast_graphdef, fast_state = nnx.split(fast_model)
+        layer_weights = jax.block_until_ready(fast_model.layer_weights()) if cut_at_load else None
 
-        def fast_sample(state, obs, noise, edit):
-            return nnx.merge(fast_graphdef, state).sample_actions(None, obs, noise=noise, edit=edit)
+        def fast_sample(state, obs, noise, edit, layer_weights):
+            return nnx.merge(fast_graphdef, state).sample_actions(
+                None, obs, noise=noise, edit=edit, layer_weights=layer_weights
+            )
 
-        sums = jax.jit(_prompt_sums, static_argnums=(0,), compiler_options=compiler_options)
+        def fast_sums(state, obs, weights, layer_weights):  # ``_prompt_sums`` with the weights cut at load
+            model = nnx.merge(fast_graphdef, state)
+            positions = model.text_positions(jnp.arange(model.config.max_token_len))
+            states = model.prefix_residuals(obs, positions, layer_weights=layer_weights)
+            return jnp.einsum("lbsd,b->lsd", states.astype(jnp.float32), weights, precision=jax.lax.Precision.HIGHEST)
+
+        sample_fn = jax.jit(fast_sample, compiler_options=compiler_options)
+        sums_fn = jax.jit(fast_sums, compiler_options=compiler_options)
         return (
             fast_state,
-            jax.jit(fast_sample, compiler_options=compiler_options),
-            functools.partial(sums, fast_graphdef),
+            lambda state, obs, noise, edit: sample_fn(state, obs, noise, edit, layer_weights),
+            lambda state, obs, weights: sums_fn(state, obs, weights, layer_weights),
         )
 
     fast_variants = {
         "GPU options": fast_variant(GPU_OPTIONS, {}),
-        "all (GPU options, unrolled layers, XLA cuBLAS/DSF)": fast_variant(
-            {**GPU_OPTIONS, "unroll_layers": True}, XLA_OPTIONS
-        ),
+        "policy default (GPU options, weights cut at load)": fast_variant(GPU_OPTIONS, {}, cut_at_load=True),
     }
+    if args.xla_variant:
+        fast_variants["all (GPU options, unrolled layers, XLA cuBLAS/DSF)"] = fast_variant(
+            {**GPU_OPTIONS, "unroll_layers": True}, XLA_OPTIONS
+        )
 
     sums = jax.jit(_prompt_sums, static_argnums=(0,))
     llm = config.paligemma

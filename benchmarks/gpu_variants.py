@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import functools
 import glob
@@ -30,7 +31,6 @@ from common import TINY_MODEL, environment, median_ms
 from pi0_latency import libero_observation, random_params
 
 from textlatent.checkpoint import model_from_params
-from textlatent.latents.capture import _prompt_sums
 from textlatent.model import Pi0Config
 from textlatent.model.pi0 import compact_observation
 
@@ -39,7 +39,32 @@ OPTIONS = {
     "one_image_pass": {"one_image_pass": True},
     "unroll": {"unroll_layers": True},
     "expert": {"expert_weights_per_layer": True},
+    "cut": {},  # not a config option: every layer's weights cut once before timing (``Pi0.layer_weights``)
+    "barrier": {},  # a probe: an optimization barrier at each layer's input (no fusion across layers)
 }
+
+
+@contextlib.contextmanager
+def layer_barriers(on: bool):
+    """While on, every Gemma and SigLIP layer starts with ``lax.optimization_barrier`` on its input (trace time)."""
+    if not on:
+        yield
+        return
+    from textlatent.model import gemma, siglip
+
+    block_forward, encoder_call = gemma.Block.forward, siglip.EncoderBlock.__call__
+
+    def forward(self, xs, *args, **kwargs):
+        return block_forward(self, jax.lax.optimization_barrier(xs), *args, **kwargs)
+
+    def call(self, x, dtype):
+        return encoder_call(self, jax.lax.optimization_barrier(x), dtype)
+
+    gemma.Block.forward, siglip.EncoderBlock.__call__ = forward, call
+    try:
+        yield
+    finally:
+        gemma.Block.forward, siglip.EncoderBlock.__call__ = block_forward, encoder_call
 
 
 def _parse(value: str):
@@ -109,17 +134,28 @@ def measure(name, model, args, observations, noises, reference, compiler_options
     """One variant's programs: compile, time, compare with ``reference`` (filled by the first variant)."""
     graphdef, state = nnx.split(model)
     first = name == args.variants[0]
+    # "cut": the weights cut per layer once, here (as ``Policy`` does at load time), and passed into every program.
+    weights = jax.block_until_ready(model.layer_weights()) if "cut" in name.split("+") else None
 
+    # The weights travel as an argument (a closure would make them constants of the program).
     def sample(state, obs, noise):
-        return nnx.merge(graphdef, state).sample_actions(None, obs, noise=noise)
+        return nnx.merge(graphdef, state[0]).sample_actions(None, obs, noise=noise, layer_weights=state[1])
 
     def prefix(state, obs):
-        return nnx.merge(graphdef, state).encode_prefix(obs)[0]
+        return nnx.merge(graphdef, state[0]).encode_prefix(obs, layer_weights=state[1])[0]
 
     def step(state, obs, cache, x):
-        model = nnx.merge(graphdef, state)
-        return model.velocity(model.preprocess(obs), cache, x, jnp.full(x.shape[0], 0.5))
+        model = nnx.merge(graphdef, state[0])
+        expert = None if state[1] is None else state[1].llm
+        return model.velocity(model.preprocess(obs), cache, x, jnp.full(x.shape[0], 0.5), layer_weights=expert)
 
+    def prompt_sums(state, obs, frame_weights):
+        model = nnx.merge(graphdef, state[0])
+        positions = model.text_positions(jnp.arange(model.config.max_token_len))
+        states = model.prefix_residuals(obs, positions, layer_weights=state[1])
+        return jnp.einsum("lbsd,b->lsd", states.astype(jnp.float32), frame_weights, precision=jax.lax.Precision.HIGHEST)
+
+    state = (state, weights)
     jit = functools.partial(jax.jit, compiler_options=compiler_options)
     prefix_jit, result = jit(prefix), {}
     for b in (1,) if "b8" in args.skip else (1, 8):
@@ -155,8 +191,7 @@ def measure(name, model, args, observations, noises, reference, compiler_options
             for line in kernel_profile(run, 3, 25):
                 print(f"[{name}] profile chunk b1: {line}", flush=True)
     if "capture" not in args.skip:
-        sums = jax.jit(_prompt_sums, static_argnums=(0,), compiler_options=compiler_options)
-        run = functools.partial(sums, graphdef, state, observations[32], jnp.ones(32, jnp.float32))
+        run = functools.partial(jit(prompt_sums), state, observations[32], jnp.ones(32, jnp.float32))
         result["capture b32 frames/s"] = 32 / median_ms(run, max(5, args.repeats // 2)) * 1000
         captured = np.asarray(run())
         if first:
@@ -194,7 +229,8 @@ def main() -> None:
     for name in args.variants:
         config = dataclasses.replace(base, **variant_options(name))
         model = model_from_params(config, params)
-        rows.append((name, measure(name, model, args, observations, noises, reference, compiler_options)))
+        with layer_barriers("barrier" in name.split("+")):
+            rows.append((name, measure(name, model, args, observations, noises, reference, compiler_options)))
         del model
 
     keys = list(dict.fromkeys(k for _, r in rows for k in r))

@@ -1,5 +1,6 @@
-"""GPU serving options (``expert_weights_per_layer``, ``one_image_pass``): off by default, and each computes the
-reference path's function — exactly in float32 on the CPU, to bf16 rounding in bfloat16."""
+"""GPU serving options (``expert_weights_per_layer``, ``one_image_pass``, weights cut per layer at load time): off
+in the model by default, on in ``Policy``'s compact path, and each computes the reference path's function — exactly
+in float32 on the CPU, to bf16 rounding in bfloat16. ``compact=False`` stays openpi's arithmetic, bit for bit."""
 
 import dataclasses
 
@@ -9,10 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.conftest import make_observation, tiny_config
+from tests.conftest import LIBERO_OVERRIDES, libero_obs, make_observation, tiny_config
 from textlatent.checkpoint import model_from_params, model_params
 from textlatent.checkpoint.random import cast_params
-from textlatent.model import Pi0Config, ops
+from textlatent.model import Pi0Config, ResidualEdit, ops
 
 OPTIONS = [{"expert_weights_per_layer": True}, {"one_image_pass": True}]
 
@@ -21,16 +22,27 @@ def _with(model, **options):
     return model_from_params(dataclasses.replace(model.config, **options), model_params(model))
 
 
-def _sample(model, obs, noise):
+def _sample(model, obs, noise, layer_weights=None, edit=None):
     graphdef, state = nnx.split(model)
-    return np.asarray(
-        jax.jit(lambda s, o, n: nnx.merge(graphdef, s).sample_actions(None, o, noise=n))(state, obs, noise), np.float32
+    run = jax.jit(
+        lambda s, o, n, w, e: nnx.merge(graphdef, s).sample_actions(None, o, noise=n, layer_weights=w, edit=e)
     )
+    return np.asarray(run(state, obs, noise, layer_weights, edit), np.float32)
 
 
 def test_options_are_off_by_default():
     config = Pi0Config()
-    assert not config.expert_weights_per_layer and not config.one_image_pass
+    assert not config.expert_weights_per_layer and not config.one_image_pass and not config.weights_per_layer
+
+
+def test_resolved_turns_on_only_the_options_left_open():
+    fast = Pi0Config().resolved(True)
+    assert fast.one_image_pass and fast.expert_weights_per_layer and fast.weights_per_layer
+    assert not Pi0Config().resolved(True, accelerator=False).weights_per_layer
+    exact = Pi0Config().resolved(False)
+    assert (exact.one_image_pass, exact.expert_weights_per_layer, exact.weights_per_layer) == (False, False, False)
+    chosen = Pi0Config(one_image_pass=False, weights_per_layer=True)
+    assert not chosen.resolved(True).one_image_pass and chosen.resolved(False).weights_per_layer
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: next(iter(o)))
@@ -92,3 +104,126 @@ def test_layer_weights_must_cover_the_streams_that_run(f32_model):
             ops.make_attn_mask(mask, ar),
             layer_weights=model.PaliGemma.llm.layer_weights([1]),
         )
+
+
+def _tli(config, seed=4):
+    depth, width = config.paligemma.depth, config.paligemma.width
+    delta = jax.random.normal(jax.random.key(seed), (depth, 1, 3, width)).at[0].set(0)
+    return ResidualEdit(positions=np.asarray(config.text_start + np.arange(3)), delta=delta)
+
+
+@pytest.mark.parametrize("with_edit", [False, True], ids=["plain", "tli"])
+def test_weights_cut_at_load_time_sample_the_same_actions_in_float32(f32_model, with_edit):
+    config = f32_model.config
+    obs = make_observation(config, batch=2, seed=9)
+    noise = jax.random.normal(jax.random.key(5), (2, config.action_horizon, config.action_dim))
+    edit = _tli(config) if with_edit else None
+    expected = _sample(f32_model, obs, noise, edit=edit)
+    for model in (f32_model, _with(f32_model, one_image_pass=True, expert_weights_per_layer=True)):
+        got = _sample(model, obs, noise, model.layer_weights(), edit=edit)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_weights_cut_at_load_time_give_the_same_prefix_residuals(f32_model):
+    obs = make_observation(f32_model.config, batch=2, seed=10)
+    positions = f32_model.text_positions(np.arange(4))
+    expected = np.asarray(f32_model.prefix_residuals(obs, positions))
+    got = np.asarray(f32_model.prefix_residuals(obs, positions, layer_weights=f32_model.layer_weights()))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_model_layer_weights_are_slices_of_the_stacks(f32_model):
+    weights = f32_model.layer_weights()
+    stacked = nnx.to_pure_dict(nnx.state(f32_model))
+    blocks = stacked["PaliGemma"]["img"]["Transformer"]["encoderblock"]
+    assert len(weights.img.per_layer) == f32_model.config.siglip.depth
+    block = nnx.to_pure_dict(weights.img.per_layer[1])
+    np.testing.assert_array_equal(
+        block["MlpBlock_0"]["Dense_0"]["kernel"], blocks["MlpBlock_0"]["Dense_0"]["kernel"][1]
+    )
+    layers = stacked["PaliGemma"]["llm"]["layers"]
+    assert weights.llm.streams == (0, 1)
+    np.testing.assert_array_equal(
+        nnx.to_pure_dict(weights.llm.per_layer[2])["mlp"]["linear"], layers["mlp"]["linear"][2]
+    )
+    for stream, name in ((0, "mlp"), (1, "mlp_1")):
+        gate, up = weights.llm.gating[1][stream]
+        np.testing.assert_array_equal(gate, layers[name]["gating_einsum"][1, 0])
+        np.testing.assert_array_equal(up, layers[name]["gating_einsum"][1, 1])
+
+
+def test_all_options_stay_within_bf16_rounding(f32_model):
+    config = tiny_config(dtype="bfloat16")
+    reference = model_from_params(config, cast_params(model_params(f32_model), jnp.bfloat16))
+    fast = _with(reference, one_image_pass=True, expert_weights_per_layer=True)
+    obs = make_observation(config, batch=2, seed=11)
+    noise = jax.random.normal(jax.random.key(6), (2, config.action_horizon, config.action_dim))
+    for edit in (None, _tli(config)):
+        expected = _sample(reference, obs, noise, edit=edit)
+        got = _sample(fast, obs, noise, fast.layer_weights(), edit=edit)
+        assert np.abs(got - expected).max() <= 4 * np.abs(expected).max() * 2**-8
+
+
+# ------------------------------------------------------------------------------------------------- the policy
+def _policy(checkpoint, tokenizer_path, **kwargs):
+    import textlatent
+
+    return textlatent.load_policy(
+        "pi0_libero", checkpoint[0], tokenizer=str(tokenizer_path), **{**LIBERO_OVERRIDES, **kwargs}
+    )
+
+
+@pytest.fixture(scope="module")
+def exact_policy(libero_checkpoint, tokenizer_path):
+    return _policy(libero_checkpoint, tokenizer_path, compact=False, dtype="float32")
+
+
+def test_compact_policy_turns_the_options_on_and_exact_policy_off(libero_checkpoint, tokenizer_path, exact_policy):
+    fast = _policy(libero_checkpoint, tokenizer_path).model.config
+    assert fast.one_image_pass and fast.expert_weights_per_layer
+    assert fast.weights_per_layer == (jax.default_backend() != "cpu")  # a second copy of the weights: accelerators
+    exact = exact_policy.model.config
+    assert not exact.one_image_pass and not exact.expert_weights_per_layer and not exact.weights_per_layer
+    assert exact_policy.layer_weights is None
+
+
+def test_explicit_options_win_over_compact(libero_checkpoint, tokenizer_path):
+    policy = _policy(libero_checkpoint, tokenizer_path, one_image_pass=False, weights_per_layer=True)
+    config = policy.model.config
+    assert not config.one_image_pass and config.expert_weights_per_layer and config.weights_per_layer
+    assert policy.config.model == config and policy.layer_weights is not None
+    exact = _policy(libero_checkpoint, tokenizer_path, compact=False, one_image_pass=True).model.config
+    assert exact.one_image_pass and not exact.expert_weights_per_layer
+
+
+def test_exact_policy_is_the_unoptimized_model_bit_for_bit(libero_checkpoint, exact_policy):
+    from textlatent.checkpoint import load_model
+
+    # The model as loaded, with every option at its default: nothing may change its arithmetic.
+    defaults = {"one_image_pass": None, "expert_weights_per_layer": None, "weights_per_layer": None}
+    reference = load_model(dataclasses.replace(exact_policy.config.model, **defaults), libero_checkpoint[0] / "params")
+    obs = libero_obs(seed=3)
+    noise = np.random.default_rng(2).normal(size=(6, 32)).astype(np.float32)
+    observation, _, _ = exact_policy.prepare(obs)
+    expected = _sample(reference, observation, jnp.asarray(noise)[None])
+    got = exact_policy.run_model(exact_policy.transforms.inputs(obs), noise[None])
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_fast_policy_matches_the_exact_policy_in_float32(libero_checkpoint, tokenizer_path, exact_policy):
+    fast = _policy(libero_checkpoint, tokenizer_path, dtype="float32", weights_per_layer=True)
+    assert fast.layer_weights is not None and fast.model.config.one_image_pass
+    obs = {**libero_obs(seed=4), "prompt": "pick up the black bowl"}
+    noise = np.random.default_rng(3).normal(size=(6, 32)).astype(np.float32)
+    np.testing.assert_allclose(
+        fast.infer(obs, noise=noise)["actions"], exact_policy.infer(obs, noise=noise)["actions"], rtol=1e-5, atol=1e-5
+    )
+
+
+def test_fast_policy_stays_within_bf16_rounding(libero_checkpoint, tokenizer_path):
+    exact = _policy(libero_checkpoint, tokenizer_path, compact=False)
+    fast = _policy(libero_checkpoint, tokenizer_path, weights_per_layer=True)
+    inputs = exact.transforms.inputs(libero_obs(seed=5))
+    noise = np.random.default_rng(4).normal(size=(1, 6, 32)).astype(np.float32)
+    expected, got = exact.run_model(inputs, noise), fast.run_model(inputs, noise)
+    assert np.abs(got - expected).max() <= 4 * np.abs(expected).max() * 2**-8

@@ -94,16 +94,25 @@ class Pi0Config:
     unroll_layers: bool = False
     """Compile the Gemma layers as straight-line code instead of a loop: the same arithmetic, ~13 % faster sampling
     at batch 1 on an H100, ~4× longer compilation (``benchmarks/NOTES-gpu.md``). For servers that compile once."""
-    expert_weights_per_layer: bool = False
+    expert_weights_per_layer: bool | None = None
     """``sample_actions`` cuts the action expert's stacked layer weights (and the feed-forward gate/up halves) into
     per-layer arrays once per chunk and runs its layers as straight-line code in every flow step, instead of copying
     each layer's weights out of the stacks in every step. The same arithmetic (equal in float32 on the CPU; bf16 may
     round differently where XLA fuses differently). With ``one_image_pass``: 30.7 → 23.4 ms per chunk at batch 1 on
-    an H100, 76.0 → 71.0 ms at batch 8 (``benchmarks/NOTES-gpu.md``)."""
-    one_image_pass: bool = False
+    an H100, 76.0 → 71.0 ms at batch 8 (``benchmarks/NOTES-gpu.md``). None (the default): off in the model itself;
+    ``Policy`` turns it on with its compact layout (``load_policy(..., compact=True)``, the default) and off with
+    ``compact=False`` (openpi's arithmetic, bit for bit). An explicit True/False always wins."""
+    one_image_pass: bool | None = None
     """Run SigLIP once over all present cameras stacked on the batch axis instead of once per camera (the weights are
     read once): the same function, rows are independent, but matrix products over more rows may round differently in
-    bf16. Prefix pass at batch 1 on an H100: 13.8 → 11.6 ms."""
+    bf16. Prefix pass at batch 1 on an H100: 13.8 → 11.6 ms. None: as ``expert_weights_per_layer``."""
+    weights_per_layer: bool | None = None
+    """For whoever holds the model for many calls (``Policy``): cut every layer's weights (SigLIP, PaliGemma and the
+    expert, the feed-forward gate/up halves apart) out of the stacks once at load time and pass them to
+    ``sample_actions(..., layer_weights=Pi0.layer_weights())``, so that no call copies weights; the layers then run as
+    straight-line code. The same arithmetic; costs a second copy of the layer weights in memory (+5.2 GiB for π0 in
+    bf16, measured on an H100). None: ``Policy`` turns it on with its compact layout on accelerators (not on the CPU, where memory is the
+    scarcer resource and slices are not the cost), off otherwise. The model itself never reads this field."""
 
     def __post_init__(self):
         if self.dtype not in ("bfloat16", "float32"):
@@ -119,6 +128,16 @@ class Pi0Config:
         for size in self.image_resolution:
             if size % siglip_config(self.siglip_variant).patch_size:
                 raise ValueError(f"image_resolution {self.image_resolution} is not a multiple of the patch size")
+
+    def resolved(self, fast: bool, *, accelerator: bool = True) -> Pi0Config:
+        """This config with the options left at None decided: on where ``fast`` (for ``weights_per_layer`` only
+        on an ``accelerator``), off otherwise. Options set explicitly are kept."""
+        choices = {
+            "one_image_pass": fast,
+            "expert_weights_per_layer": fast,
+            "weights_per_layer": fast and accelerator,
+        }
+        return dataclasses.replace(self, **{k: v for k, v in choices.items() if getattr(self, k) is None})
 
     @property
     def paligemma(self) -> GemmaConfig:

@@ -24,13 +24,27 @@ KVCache = tuple[jax.Array, jax.Array]
 @struct.dataclass
 class LayerWeights:
     """Some streams' layer parameters cut into one state per layer (``Gemma.layer_weights``); the other streams'
-    parameters stay stacked in ``rest`` and must not run."""
+    parameters stay stacked in ``rest`` and must not run.
+
+    The states are kept as tuples of arrays (with their tree structure as static data): a jitted call flattens
+    tuples in C++, while nnx states are flattened in Python, ~1 µs a leaf — about a millisecond a call for π0."""
 
     graphdef: nnx.GraphDef = struct.field(pytree_node=False)
-    per_layer: tuple  # of nnx.State, one per layer
-    rest: nnx.State
+    layers: tuple  # per layer: the leaves of its nnx.State
+    rest_leaves: tuple
     gating: tuple  # per layer, per stream: (W_gate, W_up) or None (the stacked ``gating_einsum`` stays in ``rest``)
     streams: tuple[int, ...] = struct.field(pytree_node=False)
+    layer_def: jax.tree_util.PyTreeDef = struct.field(pytree_node=False)
+    rest_def: jax.tree_util.PyTreeDef = struct.field(pytree_node=False)
+
+    @property
+    def per_layer(self) -> tuple:
+        """One nnx.State per layer."""
+        return tuple(jax.tree.unflatten(self.layer_def, leaves) for leaves in self.layers)
+
+    @property
+    def rest(self) -> nnx.State:
+        return jax.tree.unflatten(self.rest_def, self.rest_leaves)
 
 
 _init_lecun = jax.nn.initializers.lecun_normal
@@ -242,11 +256,21 @@ class Gemma(nnx.Module):
             return stream_of(path) in streams and "gating_einsum" not in (str(key) for key in path)
 
         graphdef, sliced, rest = nnx.split(self.layers, cut, ...)
-        per_layer = tuple(jax.tree.map(lambda a, i=i: a[i], sliced) for i in range(self.depth))
+        leaves, layer_def = jax.tree.flatten(sliced)
+        layers = tuple(tuple(a[i] for a in leaves) for i in range(self.depth))
+        rest_leaves, rest_def = jax.tree.flatten(rest)
         mlps = [getattr(self.layers, _suffix("mlp", s)) for s in range(len(self.configs))]
         stacked = [mlp.gating_einsum[...] if s in streams else None for s, mlp in enumerate(mlps)]
         gating = tuple(tuple(None if g is None else (g[i, 0], g[i, 1]) for g in stacked) for i in range(self.depth))
-        return LayerWeights(graphdef=graphdef, per_layer=per_layer, rest=rest, gating=gating, streams=streams)
+        return LayerWeights(
+            graphdef=graphdef,
+            layers=layers,
+            rest_leaves=tuple(rest_leaves),
+            gating=gating,
+            streams=streams,
+            layer_def=layer_def,
+            rest_def=rest_def,
+        )
 
     def embed(self, tokens: jax.Array) -> jax.Array:
         return self.embedder.encode(tokens).astype(self.embed_dtype)
@@ -350,11 +374,11 @@ class Gemma(nnx.Module):
             running = [i for i, x in enumerate(xs) if x is not None]
             if not set(running) <= set(layer_weights.streams):
                 raise ValueError(f"layer_weights cover streams {layer_weights.streams}, but streams {running} run")
-            graphdef, outs = layer_weights.graphdef, []
+            graphdef, outs, rest = layer_weights.graphdef, [], layer_weights.rest
             for i, (weights, gating) in enumerate(zip(layer_weights.per_layer, layer_weights.gating, strict=True)):
                 cache = None if kv_cache is None else jax.tree.map(lambda a, i=i: a[i], kv_cache)
                 layer_delta = None if delta is None else delta[i]
-                xs, out = run_layer(xs, ((weights, layer_weights.rest), cache, layer_delta, gating))
+                xs, out = run_layer(xs, ((weights, rest), cache, layer_delta, gating))
                 outs.append(out)
             kv_cache, captured, attention = jax.tree.map(lambda *a: jnp.stack(a), *outs)
         outputs = [None if x is None else getattr(self, _suffix("final_norm", i))(x) for i, x in enumerate(xs)]

@@ -13,7 +13,7 @@ from textlatent.model import ops
 from textlatent.model.config import Pi0Config
 from textlatent.model.gemma import Gemma, KVCache, LayerWeights
 from textlatent.model.intervention import ResidualEdit
-from textlatent.model.siglip import SigLIP
+from textlatent.model.siglip import EncoderWeights, SigLIP
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +135,14 @@ class PrefixCache:
     mask: jax.Array  # bool[B, P]
 
 
+@struct.dataclass
+class ModelLayerWeights:
+    """Every layer's weights cut out of the stacks (``Pi0.layer_weights``): SigLIP's blocks and both Gemma streams."""
+
+    img: EncoderWeights
+    llm: LayerWeights
+
+
 class Pi0(nnx.Module):
     def __init__(self, config: Pi0Config, rngs: nnx.Rngs):
         if config.action_dim < 1 or config.action_horizon < 1:
@@ -211,15 +219,18 @@ class Pi0(nnx.Module):
             masks[key] = jnp.ones(batch_shape, dtype=jnp.bool_) if mask is None else jnp.asarray(mask)
         return obs.replace(images=images, image_masks=masks)
 
-    def embed_prefix(self, obs: Observation) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Image tokens (in ``image_keys`` order) then prompt embeddings: ([B, P, D], valid bool[B, P], ar bool[P])."""
+    def embed_prefix(
+        self, obs: Observation, image_weights: EncoderWeights | None = None
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Image tokens (in ``image_keys`` order) then prompt embeddings: ([B, P, D], valid bool[B, P], ar bool[P]).
+        ``image_weights``: SigLIP's blocks cut per layer (``layer_weights().img``)."""
         tokens, masks, ar = [], [], []
         cameras = self.present_cameras(obs)
         if self.config.one_image_pass and len(cameras) > 1:
-            stacked = self.PaliGemma.img(jnp.concatenate([obs.images[key] for key in cameras], axis=0))
+            stacked = self.PaliGemma.img(jnp.concatenate([obs.images[key] for key in cameras], axis=0), image_weights)
             per_camera = jnp.split(stacked, len(cameras), axis=0)
         else:
-            per_camera = [self.PaliGemma.img(obs.images[key]) for key in cameras]
+            per_camera = [self.PaliGemma.img(obs.images[key], image_weights) for key in cameras]
         for key, image_tokens in zip(cameras, per_camera, strict=True):
             tokens.append(image_tokens)
             masks.append(jnp.repeat(obs.image_masks[key][:, None], image_tokens.shape[1], axis=1))
@@ -245,6 +256,15 @@ class Pi0(nnx.Module):
         ar = jnp.array([True, True] + [False] * (horizon - 1))
         return tokens, mask, ar
 
+    # ------------------------------------------------------------------------------------------------ weights
+    def layer_weights(self) -> ModelLayerWeights:
+        """Every layer's weights cut out of the stacked parameters (SigLIP's blocks, both Gemma streams, the
+        feed-forward gate/up halves apart), for ``sample_actions``/``encode_prefix``/``prefix_residuals``
+        (``layer_weights=...``). Call it once, outside ``jit``, and pass the result into every call: the slices are
+        then plain arrays that the compiled programs read in place, instead of copies made in every call. The
+        arithmetic is the same; the layers run as straight-line code. Costs a second copy of the layer weights."""
+        return ModelLayerWeights(img=self.PaliGemma.img.layer_weights(), llm=self.PaliGemma.llm.layer_weights([0, 1]))
+
     # ----------------------------------------------------------------------------------------------- prefix pass
     def encode_prefix(
         self,
@@ -252,10 +272,14 @@ class Pi0(nnx.Module):
         *,
         edit: ResidualEdit | None = None,
         capture_positions: jax.Array | None = None,
+        layer_weights: ModelLayerWeights | None = None,
     ) -> tuple[PrefixCache, jax.Array | None]:
         """Run the prefix once: returns its KV cache and, if asked, the residual stream entering each block at
-        ``capture_positions`` ([depth, B, P, D]). ``edit`` is written into the stream on the way."""
-        cache, captured, _ = self._prefix_pass(obs, edit=edit, capture_positions=capture_positions)
+        ``capture_positions`` ([depth, B, P, D]). ``edit`` is written into the stream on the way. ``layer_weights``:
+        ``layer_weights()``, cut once by the caller."""
+        cache, captured, _ = self._prefix_pass(
+            obs, edit=edit, capture_positions=capture_positions, layer_weights=layer_weights
+        )
         return cache, captured
 
     def _prefix_pass(
@@ -265,10 +289,11 @@ class Pi0(nnx.Module):
         edit: ResidualEdit | None = None,
         capture_positions: jax.Array | None = None,
         attention_queries: jax.Array | None = None,
+        layer_weights: ModelLayerWeights | None = None,
     ) -> tuple[PrefixCache, jax.Array | None, jax.Array | None]:
         """``encode_prefix`` plus, if asked, the prefix attention probabilities (see ``prefix_attention``)."""
         obs = self.preprocess(obs)
-        tokens, mask, ar = self.embed_prefix(obs)
+        tokens, mask, ar = self.embed_prefix(obs, None if layer_weights is None else layer_weights.img)
         attn_mask = ops.make_attn_mask(mask, ar)
         positions = jnp.cumsum(mask, axis=1) - 1
         layout = self.prefix_layout(obs)
@@ -290,12 +315,22 @@ class Pi0(nnx.Module):
             edit=edit,
             capture_positions=capture_positions,
             attention_queries=attention_queries,
+            layer_weights=None if layer_weights is None else layer_weights.llm,
         )
         return PrefixCache(kv=kv, mask=mask), captured, attention
 
-    def prefix_residuals(self, obs: Observation, positions, *, edit: ResidualEdit | None = None) -> jax.Array:
+    def prefix_residuals(
+        self,
+        obs: Observation,
+        positions,
+        *,
+        edit: ResidualEdit | None = None,
+        layer_weights: ModelLayerWeights | None = None,
+    ) -> jax.Array:
         """Residual stream entering every block at prefix ``positions``: [depth, B, P, D]. No action expert runs."""
-        _, captured = self.encode_prefix(obs, edit=edit, capture_positions=jnp.asarray(positions, jnp.int32))
+        _, captured = self.encode_prefix(
+            obs, edit=edit, capture_positions=jnp.asarray(positions, jnp.int32), layer_weights=layer_weights
+        )
         return captured
 
     def prefix_attention(self, obs: Observation, query_positions, *, edit: ResidualEdit | None = None) -> jax.Array:
@@ -341,10 +376,12 @@ class Pi0(nnx.Module):
         num_steps: int = 10,
         noise: jax.Array | None = None,
         edit: ResidualEdit | None = None,
+        layer_weights: ModelLayerWeights | None = None,
     ) -> jax.Array:
         """Integrate the flow from noise (t=1) to actions (t=0) with ``num_steps`` Euler steps. [B, H, action_dim].
 
         ``noise`` defaults to ``normal(rng, (B, H, action_dim))`` with ``rng`` used unsplit, as openpi does.
+        ``layer_weights``: ``layer_weights()``, cut once by the caller: every pass reads its layers from there.
         """
         obs = self.preprocess(obs)
         dt = -1.0 / num_steps
@@ -353,12 +390,17 @@ class Pi0(nnx.Module):
             if rng is None:
                 raise ValueError("sample_actions needs either rng or noise")
             noise = jax.random.normal(rng, (batch, self.config.action_horizon, self.config.action_dim))
-        cache, _ = self.encode_prefix(obs, edit=edit)
-        layer_weights = self.PaliGemma.llm.layer_weights([1]) if self.config.expert_weights_per_layer else None
+        cache, _ = self.encode_prefix(obs, edit=edit, layer_weights=layer_weights)
+        if layer_weights is not None:
+            expert_weights = layer_weights.llm
+        elif self.config.expert_weights_per_layer:
+            expert_weights = self.PaliGemma.llm.layer_weights([1])
+        else:
+            expert_weights = None
 
         def step(carry):
             x_t, time = carry
-            v_t = self.velocity(obs, cache, x_t, jnp.broadcast_to(time, batch), layer_weights=layer_weights)
+            v_t = self.velocity(obs, cache, x_t, jnp.broadcast_to(time, batch), layer_weights=expert_weights)
             return ops.euler_update(x_t, v_t, dt), time + dt
 
         # The time carry accumulates t + dt in float32 exactly as openpi (1.0, 0.9, 0.79999995, ...).

@@ -5,13 +5,28 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 from jax import lax
 
 from textlatent.model import ops
 from textlatent.model.config import SiglipConfig
 
 _xavier = jax.nn.initializers.xavier_uniform
+
+
+@struct.dataclass
+class EncoderWeights:
+    """The encoder blocks' parameters cut into one state per block (``SigLIP.layer_weights``), kept as tuples of
+    arrays for a fast flatten in jitted calls (as ``gemma.LayerWeights``)."""
+
+    graphdef: nnx.GraphDef = struct.field(pytree_node=False)
+    layers: tuple  # per block: the leaves of its nnx.State
+    layer_def: jax.tree_util.PyTreeDef = struct.field(pytree_node=False)
+
+    @property
+    def per_layer(self) -> tuple:
+        """One nnx.State per block."""
+        return tuple(jax.tree.unflatten(self.layer_def, leaves) for leaves in self.layers)
 
 
 class _Dense(nnx.Module):
@@ -101,7 +116,19 @@ class Transformer(nnx.Module):
         self.encoderblock = EncoderBlock(config, rngs)
         self.encoder_norm = _LayerNorm((config.width,))
 
-    def __call__(self, x, dtype):
+    def layer_weights(self) -> EncoderWeights:
+        graphdef, state = nnx.split(self.encoderblock)
+        leaves, layer_def = jax.tree.flatten(state)
+        depth = leaves[0].shape[0]
+        return EncoderWeights(graphdef, tuple(tuple(a[i] for a in leaves) for i in range(depth)), layer_def)
+
+    def __call__(self, x, dtype, layer_weights: EncoderWeights | None = None):
+        """``layer_weights``: the blocks already cut one per layer (``layer_weights()``); they then run as
+        straight-line code (the same arithmetic) instead of a scan that copies each block's slice of the stacks."""
+        if layer_weights is not None:
+            for block_state in layer_weights.per_layer:
+                x = nnx.merge(layer_weights.graphdef, block_state)(x, dtype)
+            return self.encoder_norm(x, dtype=dtype)
         graphdef, state = nnx.split(self.encoderblock)
 
         def run_block(x, block_state):
@@ -132,7 +159,11 @@ class SigLIP(nnx.Module):
             jax.nn.initializers.lecun_normal()(rngs.params(), (w, out_width)), jnp.zeros((out_width,), jnp.float32)
         )
 
-    def __call__(self, image: jax.Array) -> jax.Array:
+    def layer_weights(self) -> EncoderWeights:
+        """The encoder blocks' weights, one state per block, for ``__call__(..., layer_weights=...)``."""
+        return self.Transformer.layer_weights()
+
+    def __call__(self, image: jax.Array, layer_weights: EncoderWeights | None = None) -> jax.Array:
         # Patch extraction and position embedding run in float32; the blocks in the model dtype.
         x = jnp.asarray(image, jnp.float32)
         kernel, bias = ops.promote(self.embedding.kernel[...], self.embedding.bias[...], dtype=jnp.float32)
@@ -148,5 +179,5 @@ class SigLIP(nnx.Module):
         x = jnp.reshape(x, [n, h * w, c])
         x = x + jnp.asarray(self.pos_embedding[...], jnp.float32)
         x = x.astype(self.dtype)
-        x = self.Transformer(x, self.dtype)
+        x = self.Transformer(x, self.dtype, layer_weights)
         return self.head(x, dtype=self.dtype)

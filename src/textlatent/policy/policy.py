@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -16,9 +17,19 @@ from textlatent.policy.config import PolicyConfig
 from textlatent.policy.transforms import LiberoTransforms, ObservationError
 
 
-def _sample(graphdef, state, rng, obs, noise, edit, *, num_steps):
+def _sample(graphdef, state, rng, obs, noise, edit, layer_weights=None, *, num_steps):
     model = nnx.merge(graphdef, state)
-    return model.sample_actions(rng, obs, num_steps=num_steps, noise=noise, edit=edit)
+    return model.sample_actions(rng, obs, num_steps=num_steps, noise=noise, edit=edit, layer_weights=layer_weights)
+
+
+def _with_config(model: Pi0, config) -> Pi0:
+    """The same weights (shared, not copied) under another model config."""
+    if config == model.config:
+        return model
+    graphdef, state = nnx.split(model)
+    copy = nnx.merge(graphdef, state)
+    copy.config = config
+    return copy
 
 
 class Policy:
@@ -36,7 +47,14 @@ class Policy:
         compact: bool = True,
     ):
         """``compact``: leave cameras masked in every row (LIBERO's third) and prompt padding past a bucket out of the
-        prefix (``compact_observation``): the same actions up to float rounding, much less work."""
+        prefix (``compact_observation``), and turn on the model options that compute the same function with less
+        work (``one_image_pass``, ``expert_weights_per_layer``; on accelerators ``weights_per_layer``) unless the
+        model config sets them: the same actions up to float rounding, much less work. ``compact=False`` computes
+        openpi's arithmetic and layout, bit for bit (options left at None stay off)."""
+        resolved = model.config.resolved(compact, accelerator=jax.default_backend() != "cpu")
+        model = _with_config(model, resolved)
+        if config.model != resolved:
+            config = dataclasses.replace(config, model=resolved)
         self.model = model
         self.config = config
         self.transforms = transforms
@@ -45,6 +63,8 @@ class Policy:
         self._rng = jax.random.key(0) if rng is None else rng
         # The module is split once; its state is passed as an argument so that jit does not capture the weights.
         self._graphdef, self._state = nnx.split(model)
+        # Every layer's weights cut out of the stacks once, here, instead of in every call (``weights_per_layer``).
+        self._layer_weights = model.layer_weights() if resolved.weights_per_layer else None
         self._sample = jax.jit(_sample, static_argnums=(0,), static_argnames=("num_steps",))
         self._draw = jax.jit(_draw_noises, static_argnums=(2, 3))
 
@@ -75,6 +95,7 @@ class Policy:
             self._layout(observation),
             noise,
             edit,
+            self._layer_weights,
             num_steps=self.config.num_steps,
         )
         actions = np.asarray(jax.device_get(actions))  # waits for the device: the timing below is the real one
@@ -108,9 +129,15 @@ class Policy:
             observation,
             jnp.asarray(noise, jnp.float32),
             edit,
+            self._layer_weights,
             num_steps=self.config.num_steps,
         )
         return np.asarray(jax.device_get(actions))
+
+    @property
+    def layer_weights(self):
+        """The per-layer weights cut at load time (``Pi0.layer_weights``), or None: pass them to the model's passes."""
+        return self._layer_weights
 
     @property
     def model_split(self) -> tuple[nnx.GraphDef, nnx.State]:
