@@ -163,3 +163,22 @@ def test_unknown_tasks_are_named(f32_policy, dataset, tmp_path):
         capture_dataset(f32_policy, dataset, tmp_path, tasks=[99], progress=False)
     with pytest.raises(ValueError, match="did you mean"):
         capture_dataset(f32_policy, dataset, tmp_path, tasks=["put the bowl on the plat"], progress=False)
+
+
+def test_capture_with_weights_cut_at_load_equals_the_stacked_weights(
+    f32_policy, dataset, libero_checkpoint, tokenizer_path
+):
+    """On accelerators the policy cuts every layer's weights once at load time and capture passes them in; the
+    latents must be the ones the stacked weights give."""
+    cut = textlatent.load_policy(
+        "pi0_libero",
+        libero_checkpoint[0],
+        tokenizer=str(tokenizer_path),
+        **{**LIBERO_OVERRIDES, "dtype": "float32", "weights_per_layer": True},
+    )
+    assert cut.layer_weights is not None and f32_policy.layer_weights is None
+    batch = selected_frames(dataset, TASKS[0], 1, "0:3")[0]
+    frames = [{k: v[i] for k, v in batch.items()} for i in range(3)]
+    want = capture_observations(f32_policy, frames)[TASKS[0]].states
+    got = capture_observations(cut, frames)[TASKS[0]].states
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -32,11 +32,13 @@ from textlatent.policy import Policy
 logger = logging.getLogger(__name__)
 
 
-def _prompt_sums(graphdef, state, observation: Observation, weights: jax.Array) -> jax.Array:
-    """Σ_b weights[b] · h[l, b, slot] in float32: [layers, prompt slots, width]."""
+def _prompt_sums(graphdef, state, observation: Observation, weights: jax.Array, layer_weights=None) -> jax.Array:
+    """Σ_b weights[b] · h[l, b, slot] in float32: [layers, prompt slots, width]. ``layer_weights``: the policy's
+    weights cut per layer at load time (faster on accelerators), or None."""
     model = nnx.merge(graphdef, state)
     slots = jnp.arange(model.config.max_token_len)
-    states = model.prefix_residuals(observation, model.text_positions(slots))  # [L, B, S, D] activation dtype
+    positions = model.text_positions(slots)
+    states = model.prefix_residuals(observation, positions, layer_weights=layer_weights)  # [L, B, S, D]
     return jnp.einsum("lbsd,b->lsd", states.astype(jnp.float32), weights, precision=jax.lax.Precision.HIGHEST)
 
 
@@ -84,7 +86,7 @@ class LatentCapture:
         observation = Observation.from_dict(batch)
         if not self.exact_padding:
             observation = compact_observation(observation, self.policy.model.config.max_token_len)
-        sums = self._sums(self._graphdef, self._state, observation, jnp.asarray(weights))
+        sums = self._sums(self._graphdef, self._state, observation, jnp.asarray(weights), self.policy.layer_weights)
         entry = self.running.get(prompt)
         if entry is None:
             mask = batch["tokenized_prompt_mask"][0]
@@ -233,7 +235,9 @@ def capture_dataset(
     }
     settings = {k: base_meta[k] for k in ("checkpoint_fingerprint", "norm_stats_fingerprint", "dtype", "frame_range")}
     settings["episodes_per_task"] = episodes_per_task
-    plan = {task: dataset.select(tasks=[task], episodes_per_task=episodes_per_task, frames=frames) for task in task_names}
+    plan = {
+        task: dataset.select(tasks=[task], episodes_per_task=episodes_per_task, frames=frames) for task in task_names
+    }
     written, skipped = {}, {}
     total = sum(len(sel.frame_indices) for selection in plan.values() for sel in selection)
     bar = tqdm(total=total, unit="frame", desc="capture", disable=not progress)
