@@ -77,7 +77,10 @@ def main() -> None:
         inputs.pop("batched")
         full = Observation.from_dict(inputs)
         weights = jnp.ones(batch, jnp.float32)
-        for layout, obs in (("full layout", full), ("compact", compact_observation(full, policy.model.config.max_token_len))):
+        for layout, obs in (
+            ("full layout", full),
+            ("compact", compact_observation(full, policy.model.config.max_token_len)),
+        ):
             obs = jax.device_put(obs)
             seconds = median_ms(lambda obs=obs, w=weights: device_sums(graphdef, state, obs, w), args.repeats) / 1000
             rows.append((f"device only (prefix forward + f32 sums), {layout}, batch {batch}", seconds, batch))
@@ -87,7 +90,13 @@ def main() -> None:
             capture.add(request)
             jax.block_until_ready(capture.running[request["prompt"][0]].sums)
 
-        rows.append((f"LatentCapture.add (host transforms + device, compact), batch {batch}", median_ms(add, args.repeats) / 1000, batch))
+        rows.append(
+            (
+                f"LatentCapture.add (host transforms + device, compact), batch {batch}",
+                median_ms(add, args.repeats) / 1000,
+                batch,
+            )
+        )
 
     # The paper's path: the whole training forward (prefix + action expert + loss) per frame, batch 1.
     request = frames(1)

@@ -1,6 +1,5 @@
 """π0 forward passes: against a float64 numpy forward, and the identities the sampler and hooks must keep."""
 
-
 import dataclasses
 
 import jax
@@ -216,6 +215,7 @@ def test_unrolled_layers_compute_the_same(f32_model):
     unrolled = model_from_params(dataclasses.replace(config, unroll_layers=True), model_params(f32_model))
     obs = make_observation(config, batch=2, seed=4)
     noise = jax.random.normal(jax.random.key(0), (2, config.action_horizon, config.action_dim))
+
     def compiled_loops(model):
         graphdef, state = nnx.split(model)
         sample = jax.jit(lambda state, obs, noise: nnx.merge(graphdef, state).sample_actions(None, obs, noise=noise))

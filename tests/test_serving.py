@@ -40,7 +40,10 @@ def f32_pair(libero_checkpoint, tokenizer_path):
 
     return tuple(
         textlatent.load_policy(
-            "pi0_libero", libero_checkpoint[0], tokenizer=str(tokenizer_path), **{**LIBERO_OVERRIDES, "dtype": "float32"}
+            "pi0_libero",
+            libero_checkpoint[0],
+            tokenizer=str(tokenizer_path),
+            **{**LIBERO_OVERRIDES, "dtype": "float32"},
         )
         for _ in range(2)
     )
@@ -66,7 +69,9 @@ def latents(policy):
 
 @pytest.fixture(scope="module")
 def server(policy, latents):
-    with ServerThread(PolicyServer(policy, ServerConfig(port=0, max_batch=8, max_wait_ms=20), latents=latents)) as thread:
+    with ServerThread(
+        PolicyServer(policy, ServerConfig(port=0, max_batch=8, max_wait_ms=20), latents=latents)
+    ) as thread:
         yield thread
 
 
@@ -110,12 +115,27 @@ def test_encoding_is_byte_identical_to_openpi_client():
     [
         (b"\xc1", "malformed"),
         (packb({"a": 1}) + b"\x00", "not a single msgpack message"),
-        (openpi_msgpack.packb({"x": {b"__ndarray__": True, b"data": b"\0" * 3, b"dtype": "<f4", b"shape": [1]}}), "needs 4"),
-        (openpi_msgpack.packb({"x": {b"__ndarray__": True, b"data": b"", b"dtype": "|O", b"shape": [0]}}), "not allowed"),
-        (openpi_msgpack.packb({"x": {b"__ndarray__": True, b"data": b"", b"dtype": "<c8", b"shape": [0]}}), "not allowed"),
+        (
+            openpi_msgpack.packb({"x": {b"__ndarray__": True, b"data": b"\0" * 3, b"dtype": "<f4", b"shape": [1]}}),
+            "needs 4",
+        ),
+        (
+            openpi_msgpack.packb({"x": {b"__ndarray__": True, b"data": b"", b"dtype": "|O", b"shape": [0]}}),
+            "not allowed",
+        ),
+        (
+            openpi_msgpack.packb({"x": {b"__ndarray__": True, b"data": b"", b"dtype": "<c8", b"shape": [0]}}),
+            "not allowed",
+        ),
         (openpi_msgpack.packb({"x": {b"__ndarray__": True, b"data": b"", b"dtype": "nope", b"shape": [0]}}), "dtype"),
-        (openpi_msgpack.packb({"x": {b"__ndarray__": True, b"data": b"", b"dtype": "<f4", b"shape": [-1]}}), "non-negative"),
-        (openpi_msgpack.packb({"x": {b"__ndarray__": True, b"data": b"", b"dtype": "<f4", b"shape": [1 << 40] * 2}}), "elements"),
+        (
+            openpi_msgpack.packb({"x": {b"__ndarray__": True, b"data": b"", b"dtype": "<f4", b"shape": [-1]}}),
+            "non-negative",
+        ),
+        (
+            openpi_msgpack.packb({"x": {b"__ndarray__": True, b"data": b"", b"dtype": "<f4", b"shape": [1 << 40] * 2}}),
+            "elements",
+        ),
         (openpi_msgpack.packb({"x": {b"__ndarray__": True, b"data": b""}}), "exactly the keys"),
         (openpi_msgpack.packb({"x": {b"__npgeneric__": True, b"data": 300, b"dtype": "|u1"}}), "does not fit"),
         (openpi_msgpack.packb({"x": {b"__npgeneric__": True, b"data": 1e300, b"dtype": "<f2"}}), "does not fit"),
@@ -265,7 +285,12 @@ def test_tli_steering_adds_the_papers_term(server, reference, latents, policy):
     t_a, t_b = latents["plate"].states[:, :7], latents["stove"].states[:, :7]
     n = 3
     for step in (0, 1, 2, 5):
-        steering = {"mode": "tli", "latents": ["plate", "stove"], "schedule": {"kind": "linear", "steps": n}, "step": step}
+        steering = {
+            "mode": "tli",
+            "latents": ["plate", "stove"],
+            "schedule": {"kind": "linear", "steps": n},
+            "step": step,
+        }
         reply = client.infer({**obs, "noise": noise, "steering": steering})
         alpha = min(step, n + 1) / (n + 1)
         assert reply["steering"] == {"mode": "tli", "step": step, "alpha": pytest.approx(float(_bf16(alpha)))}
@@ -476,7 +501,9 @@ def test_warmup_compiles_the_program_real_requests_use(libero_checkpoint, tokeni
 
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
-        lambda event, *_, **__: compiles.append(event) if event == "/jax/core/compile/backend_compile_duration" else None
+        lambda event, *_, **__: (
+            compiles.append(event) if event == "/jax/core/compile/backend_compile_duration" else None
+        )
     )
     served = load_libero_policy(libero_checkpoint, tokenizer_path)
     server = PolicyServer(served, ServerConfig(port=0, max_batch=2))

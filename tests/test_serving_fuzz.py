@@ -32,7 +32,9 @@ values = st.recursive(
     scalars,
     lambda inner: st.one_of(
         st.lists(inner, max_size=4),
-        st.dictionaries(st.one_of(st.text(max_size=8), st.binary(max_size=8), st.integers(-(2**63), 2**63 - 1)), inner, max_size=4),
+        st.dictionaries(
+            st.one_of(st.text(max_size=8), st.binary(max_size=8), st.integers(-(2**63), 2**63 - 1)), inner, max_size=4
+        ),
     ),
     max_leaves=12,
 )

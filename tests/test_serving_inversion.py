@@ -48,7 +48,9 @@ def test_naive_inversion_is_reported_with_its_error(client):
     obs, noise = libero_obs(4), noise_for(4)
     exact = client.infer({**obs, "noise": noise, "inversion": {"method": "fixed_point"}})["inversion"]
     naive = client.infer({**obs, "noise": noise, "inversion": {"method": "naive"}})["inversion"]
-    assert naive["metrics"]["reconstruction"]["mse_model"] > 100 * max(exact["metrics"]["reconstruction"]["mse_model"], 1e-12)
+    assert naive["metrics"]["reconstruction"]["mse_model"] > 100 * max(
+        exact["metrics"]["reconstruction"]["mse_model"], 1e-12
+    )
 
 
 def test_editing_under_another_prompt_and_the_same_prompt(client):
@@ -95,5 +97,7 @@ def test_bad_inversion_requests_get_clear_errors(client, inversion, extra, messa
 def test_partial_inversion_to_a_grid_time(client):
     obs, noise = libero_obs(7), noise_for(7)
     inversion = client.infer({**obs, "noise": noise, "inversion": {"invert_to": 0.5}})["inversion"]
-    np.testing.assert_allclose(inversion["reconstructed_actions"], client.infer({**obs, "noise": noise})["actions"], atol=1e-4)
+    np.testing.assert_allclose(
+        inversion["reconstructed_actions"], client.infer({**obs, "noise": noise})["actions"], atol=1e-4
+    )
     assert np.abs(inversion["noise"] - noise).max() > 0.1  # stopped half way: not the noise

@@ -106,7 +106,9 @@ class Intervention:
 
     def __post_init__(self):
         if self.interpolation not in INTERPOLATIONS:
-            raise InterventionError(f"unknown interpolation {self.interpolation!r}; choose one of {list(INTERPOLATIONS)}")
+            raise InterventionError(
+                f"unknown interpolation {self.interpolation!r}; choose one of {list(INTERPOLATIONS)}"
+            )
         if self.mode not in MODES:
             raise InterventionError(f"unknown intervention mode {self.mode!r}; choose one of {list(MODES)}")
         need = LATENT_COUNT[self.mode]

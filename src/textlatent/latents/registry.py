@@ -35,7 +35,12 @@ class TliTask:
 
     def steering(self, mode: str = "tli", **extra) -> dict:
         """The request's ``steering`` field for this task (add ``episode_id`` and/or ``step``)."""
-        return {"mode": mode, "latents": list(self.latent_names), "schedule": {"kind": "linear", "steps": self.steps}, **extra}
+        return {
+            "mode": mode,
+            "latents": list(self.latent_names),
+            "schedule": {"kind": "linear", "steps": self.steps},
+            **extra,
+        }
 
 
 def load_registry(path: str | pathlib.Path | None = None) -> dict[str, TliTask]:

@@ -119,7 +119,9 @@ def _prompts(obs: dict, batch: int | None, default: str | None) -> list[str]:
         if len(items) != batch:
             raise ObservationError(f"{PROMPT_KEY!r} has {len(items)} entries for a batch of {batch}")
     else:
-        raise ObservationError(f"{PROMPT_KEY!r} of a batch must be a string or a list of strings, got {type(prompt).__name__}")
+        raise ObservationError(
+            f"{PROMPT_KEY!r} of a batch must be a string or a list of strings, got {type(prompt).__name__}"
+        )
     out = []
     for item in items:
         if isinstance(item, np.str_ | np.bytes_):

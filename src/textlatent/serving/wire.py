@@ -66,7 +66,9 @@ def _decode_array(obj: dict, max_elements: int) -> np.ndarray:
     if not isinstance(shape, list | tuple) or len(shape) > MAX_DIMS:
         raise WireError(f"array shape must be a list of at most {MAX_DIMS} sizes, got {shape!r:.60}")
     if not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= max_elements for s in shape):
-        raise WireError(f"array shape must hold non-negative sizes of at most {max_elements} elements, got {shape!r:.60}")
+        raise WireError(
+            f"array shape must hold non-negative sizes of at most {max_elements} elements, got {shape!r:.60}"
+        )
     count = math.prod(shape)
     if count > max_elements:
         raise WireError(f"array of shape {tuple(shape)} has more than {max_elements} elements")
