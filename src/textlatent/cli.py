@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
 import time
+from collections.abc import Iterator
 from typing import Literal
 
 import tyro
@@ -286,15 +288,8 @@ class Serve:
         overrides = {**parse_overrides(self.override), **({} if self.dtype is None else {"dtype": self.dtype})}
         checkpoint, tokenizer = self.checkpoint, self.tokenizer
         if self.random:
-            from textlatent.checkpoint.download import cache_dir
-            from textlatent.checkpoint.random import SMALL_RANDOM, write_random_setup
-            from textlatent.policy import get_config
-
-            config = get_config(self.config, **SMALL_RANDOM)
-            checkpoint, tokenizer = write_random_setup(
-                cache_dir() / "random" / self.config, config.model, config.asset_id
-            )
-            overrides = {**SMALL_RANDOM, **overrides}
+            checkpoint, tokenizer, small = random_checkpoint(self.config)
+            overrides = {**small, **overrides}
             print(f"serving RANDOM weights from {checkpoint} (actions mean nothing)")
         policy = textlatent.load_policy(self.config, checkpoint, tokenizer=tokenizer, compact=self.compact, **overrides)
         server = PolicyServer(
@@ -598,15 +593,78 @@ def experiment_conditions(experiment: str, decodings_given: bool) -> list:
 
 
 def default_workers() -> int:
-    import os
+    from textlatent.libero.evaluation import available_cores
 
     # Each env renders on about one core and holds ~2 GB.
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, 8))
+    return max(1, min(available_cores(), 8))
 
 
 @dataclasses.dataclass
-class Eval:
+class PolicySource:
+    """Where the policy of a LIBERO run comes from: a running server, or one started here for the run."""
+
+    policy: str | None = None
+    """A running openpi-protocol server, ws://HOST:PORT (`textlatent invert` needs ours: the inversion option)."""
+    checkpoint: str | None = None
+    """Or serve this checkpoint here for the run (local, gs://… or hf://…)."""
+    random: bool = False
+    """Or serve small random weights here (the pipeline runs; success is 0%)."""
+    config: str = "pi0_libero"
+    tokenizer: str | None = None
+    latents: tuple[pathlib.Path, ...] = ()
+    """Latent files/directories for a server started here (steering and TLI edits need the tasks' latents)."""
+    override: tuple[str, ...] = ()
+    """Config overrides KEY=VALUE for a server started here."""
+    api_key: str | None = None
+
+    def check_source(self) -> None:
+        if sum([self.policy is not None, self.checkpoint is not None, self.random]) != 1:
+            raise SystemExit("give exactly one of --policy ws://HOST:PORT, --checkpoint DIR|gs://…|hf://… and --random")
+
+    @contextlib.contextmanager
+    def address(self, max_batch: int) -> Iterator[str]:
+        """The server's URL; a server started here runs on a background thread until the block ends."""
+        if self.policy is not None:
+            yield self.policy
+            return
+        import os
+
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        import textlatent
+        from textlatent.latents import load_latents
+        from textlatent.serving import PolicyServer, ServerConfig, ServerThread
+
+        checkpoint, tokenizer, overrides = self.checkpoint, self.tokenizer, parse_overrides(self.override)
+        if self.random:
+            checkpoint, tokenizer, small = random_checkpoint(self.config)
+            overrides = {**small, **overrides}
+        policy = textlatent.load_policy(self.config, checkpoint, tokenizer=tokenizer, **overrides)
+        server = PolicyServer(
+            policy, ServerConfig(host="127.0.0.1", port=0, max_batch=max_batch), latents=load_latents(self.latents)
+        )
+        thread = ServerThread(server).start()
+        try:
+            yield thread.url
+        finally:
+            thread.stop()
+
+
+def random_checkpoint(config: str) -> tuple[pathlib.Path, pathlib.Path, dict]:
+    """The small random-weight checkpoint of `config` (written once under the cache): (checkpoint, tokenizer,
+    the variant overrides that load it)."""
+    from textlatent.checkpoint.download import cache_dir
+    from textlatent.checkpoint.random import SMALL_RANDOM, write_random_setup
+    from textlatent.policy import get_config
+
+    model_config = get_config(config, **SMALL_RANDOM)
+    checkpoint, tokenizer = write_random_setup(
+        cache_dir() / "random" / config, model_config.model, model_config.asset_id
+    )
+    return checkpoint, tokenizer, dict(SMALL_RANDOM)
+
+
+@dataclasses.dataclass
+class Eval(PolicySource):
     """Evaluate a policy on LIBERO and the paper's LIBERO-OOD suites: N simulator workers, one policy server (a running
     one via --policy, or started here from --checkpoint), videos, a resumable run directory with results tables."""
 
@@ -619,19 +677,6 @@ class Eval:
     """The paper's grids instead of --suite/--steering: extrapolation = π0, TLI, TEI, TEI+TLI on goal/spatial OOD;
     reconstruction = blank+latent, obscure prompts (layers 1–3), blank, mask on goal/spatial/object (seeded resets
     and the paper runner's step budgets, as it ran them)."""
-    policy: str | None = None
-    """A running openpi-protocol server, ws://HOST:PORT (ours or openpi's)."""
-    checkpoint: str | None = None
-    """Or serve this checkpoint here for the run (local, gs://… or hf://…)."""
-    random: bool = False
-    """Or serve small random weights here (the pipeline runs; success is 0%)."""
-    config: str = "pi0_libero"
-    tokenizer: str | None = None
-    latents: tuple[pathlib.Path, ...] = ()
-    """Latent files/directories for a server started here (steering needs the tasks' latents)."""
-    override: tuple[str, ...] = ()
-    """Config overrides KEY=VALUE for a server started here."""
-    api_key: str | None = None
     trials: int = 10
     """Episodes per task (the paper: 10; openpi: 50)."""
     tasks: tuple[int, ...] = ()
@@ -672,9 +717,7 @@ class Eval:
         from textlatent.libero.evaluation import Condition, EvalSettings, EvaluationError, Output, evaluate
 
         logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        sources = sum([self.policy is not None, self.checkpoint is not None, self.random])
-        if sources != 1:
-            raise SystemExit("give exactly one of --policy ws://HOST:PORT, --checkpoint DIR|gs://…|hf://… and --random")
+        self.check_source()
         if self.experiment is not None:
             if self.suite:
                 raise SystemExit("--experiment picks its own suites; leave out --suite")
@@ -716,37 +759,22 @@ class Eval:
             decodings = load_decodings(self.decodings)
         name = self.experiment or "-".join(dict.fromkeys(self.suite))
         out = self.out or pathlib.Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        server = None
-        address = self.policy
         try:
-            if address is None:
-                server = start_local_server(
-                    self.config,
-                    self.checkpoint,
-                    self.random,
-                    self.tokenizer,
-                    self.override,
-                    self.latents,
-                    self.max_batch,
+            with self.address(self.max_batch) as address:
+                report = evaluate(
+                    conditions,
+                    settings,
+                    address=address,
+                    run_dir=out,
+                    workers=self.workers,
+                    api_key=self.api_key,
+                    output=output,
+                    resume=self.resume,
+                    decodings=decodings,
+                    extra_config={"policy": self.policy or self.checkpoint or "random", "experiment": self.experiment},
                 )
-                address = server.url
-            report = evaluate(
-                conditions,
-                settings,
-                address=address,
-                run_dir=out,
-                workers=self.workers,
-                api_key=self.api_key,
-                output=output,
-                resume=self.resume,
-                decodings=decodings,
-                extra_config={"policy": self.policy or self.checkpoint or "random", "experiment": self.experiment},
-            )
         except (EvaluationError, ValueError, KeyError) as exc:
             raise SystemExit(f"error: {exc}") from None
-        finally:
-            if server is not None:
-                server.stop()
         print((out / "results.md").read_text() if (out / "results.md").exists() else "no episodes")
         rate = report.env_steps / report.wall_seconds if report.wall_seconds else 0.0
         print(
@@ -759,23 +787,11 @@ class Eval:
 
 
 @dataclasses.dataclass
-class Invert:
+class Invert(PolicySource):
     """Action inversion on LIBERO: each policy call's plan is inverted to noise, reconstructed and optionally regenerated
     under an edit. Open loop records the per-chunk errors while executing the original plans; closed loop runs the
     original, reconstructed and edited plans from the same scene and noise and puts their videos side by side."""
 
-    policy: str | None = None
-    """A running `textlatent serve` (the inversion option is ours), ws://HOST:PORT."""
-    checkpoint: str | None = None
-    """Or serve this checkpoint here for the run."""
-    random: bool = False
-    """Or serve small random weights here."""
-    config: str = "pi0_libero"
-    tokenizer: str | None = None
-    latents: tuple[pathlib.Path, ...] = ()
-    """Latents for a server started here (needed by --edit-steering)."""
-    override: tuple[str, ...] = ()
-    api_key: str | None = None
     suite: SuiteChoice = "libero_goal_ood"
     task: int = 7
     mode: Literal["open-loop", "closed-loop"] = "closed-loop"
@@ -800,8 +816,7 @@ class Invert:
     def run(self) -> None:
         from textlatent.libero.inversion_run import InversionSettings, run_inversion
 
-        if sum([self.policy is not None, self.checkpoint is not None, self.random]) != 1:
-            raise SystemExit("give exactly one of --policy ws://HOST:PORT, --checkpoint DIR|gs://…|hf://… and --random")
+        self.check_source()
         try:
             settings = InversionSettings(
                 suite=self.suite,
@@ -820,57 +835,13 @@ class Invert:
         except ValueError as exc:
             raise SystemExit(str(exc)) from None
         out = self.out or pathlib.Path("runs") / f"invert-{time.strftime('%Y%m%d-%H%M%S')}"
-        server = None
         try:
-            address = self.policy
-            if address is None:
-                server = start_local_server(
-                    self.config, self.checkpoint, self.random, self.tokenizer, self.override, self.latents, 1
-                )
-                address = server.url
-            results = run_inversion(settings, address=address, out=out, api_key=self.api_key, render=self.render)
+            with self.address(max_batch=1) as address:
+                results = run_inversion(settings, address=address, out=out, api_key=self.api_key, render=self.render)
         except (ValueError, KeyError, FileExistsError) as exc:
             raise SystemExit(f"error: {exc}") from None
-        finally:
-            if server is not None:
-                server.stop()
         print(json.dumps(results, indent=2))
         print(f"run directory: {out}  (chunks.csv, episodes.csv, results.json, mse_per_chunk.png, videos/)")
-
-
-def start_local_server(
-    config: str,
-    checkpoint: str | None,
-    random: bool,
-    tokenizer: str | None,
-    override: tuple[str, ...],
-    latents: tuple[pathlib.Path, ...],
-    max_batch: int,
-):
-    """A policy server on a free local port, on a background thread; `.url`, `.stop()`."""
-    import os
-
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    import textlatent
-    from textlatent.latents import load_latents
-    from textlatent.serving import PolicyServer, ServerConfig, ServerThread
-
-    overrides = parse_overrides(override)
-    if random:
-        from textlatent.checkpoint.download import cache_dir
-        from textlatent.checkpoint.random import SMALL_RANDOM, write_random_setup
-        from textlatent.policy import get_config
-
-        model_config = get_config(config, **SMALL_RANDOM)
-        checkpoint, tokenizer = write_random_setup(
-            cache_dir() / "random" / config, model_config.model, model_config.asset_id
-        )
-        overrides = {**SMALL_RANDOM, **overrides}
-    policy = textlatent.load_policy(config, checkpoint, tokenizer=tokenizer, **overrides)
-    server = PolicyServer(
-        policy, ServerConfig(host="127.0.0.1", port=0, max_batch=max_batch), latents=load_latents(latents)
-    )
-    return ServerThread(server).start()
 
 
 LATENT_COMMANDS = {

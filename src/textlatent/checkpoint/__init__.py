@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 import pathlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from textlatent._lazy import lazy_attributes
 from textlatent.checkpoint import norm_stats
 from textlatent.checkpoint.download import cache_dir, resolve
 from textlatent.checkpoint.norm_stats import NormStats
@@ -37,12 +37,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, globals(), _LAZY)
 
 
 __all__ = [

@@ -390,7 +390,6 @@ class _Worker:
     connection: Connection
     job: Job | None = None
     env_key: tuple[str, int] | None = None
-    ready: bool = False
 
 
 @dataclass
@@ -477,7 +476,7 @@ def evaluate(
     pool: list[_Worker] = []
     bar = _progress(len(jobs), skipped, progress)
     count = min(workers, len(pending))
-    threads = max(1, _cores() // count)
+    threads = max(1, available_cores() // count)
     try:
         for index in range(count):
             parent, child = context.Pipe()
@@ -522,7 +521,6 @@ def evaluate(
                     _update_progress(bar, run, record)
                     worker.env_key = worker.job.env_key
                     worker.job = None
-                worker.ready = True
                 busy = {w.job.env_key for w in pool if w.job is not None}
                 job = _next_job(pending, worker, busy)
                 if job is not None:
@@ -562,7 +560,8 @@ _VERSION_PACKAGES = (
 )
 
 
-def _cores() -> int:
+def available_cores() -> int:
+    """CPU cores this process may run on (the affinity mask, not the machine's count)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from textlatent.libero.client import PolicyClient
+from textlatent.libero.evaluation import episode_seed
 from textlatent.libero.protocol import NUM_STEPS_WAIT, REPLAN_STEPS, EpisodeLoop, max_steps_for, policy_request
 from textlatent.libero.sim import SimTask, suite_tasks
 
@@ -102,7 +103,7 @@ def run_variant(
 
     horizon = int(client.metadata.get("action_horizon", 50))
     width = int(client.metadata.get("model_action_dim", 32))
-    seed = settings.seed + 10_000 * task.task_id + trial
+    seed = episode_seed(settings.seed, task.task_id, trial)
     started = time.monotonic()
     obs = env.reset(trial, seed)
     frames = [upright(obs["agentview_image"])]

@@ -1,8 +1,8 @@
 """Turning a π0 checkpoint into a policy: configs by openpi name, LIBERO transforms, normalization."""
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from textlatent._lazy import lazy_attributes
 from textlatent.policy.transforms import LiberoTransforms, ObservationError
 
 if TYPE_CHECKING:
@@ -19,12 +19,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, globals(), _LAZY)
 
 
 __all__ = ["LiberoTransforms", "ObservationError", "Policy", "PolicyConfig", "config_names", "get_config"]

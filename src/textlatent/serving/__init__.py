@@ -1,8 +1,8 @@
 """openpi-compatible websocket serving with dynamic batching and text-latent steering."""
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from textlatent._lazy import lazy_attributes
 from textlatent.serving.wire import WireError, packb, unpackb
 
 if TYPE_CHECKING:
@@ -22,12 +22,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, globals(), _LAZY)
 
 
 __all__ = [
