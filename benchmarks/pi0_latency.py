@@ -44,8 +44,8 @@ def random_params(config: Pi0Config, dtype, seed: int = 0):
     )
 
 
-def libero_observation(config: Pi0Config, batch: int, prompt_len: int = 12) -> Observation:
-    rng = np.random.default_rng(0)
+def libero_observation(config: Pi0Config, batch: int, prompt_len: int = 12, seed: int = 0) -> Observation:
+    rng = np.random.default_rng(seed)
     h, w = config.image_resolution
     images = {k: jnp.asarray(rng.uniform(-1, 1, (batch, h, w, 3)), jnp.float32) for k in config.image_keys}
     masks = {k: jnp.full((batch,), k != config.image_keys[-1]) for k in config.image_keys}

@@ -15,7 +15,7 @@ from textlatent.checkpoint import model_from_params, model_params
 from textlatent.checkpoint.random import cast_params
 from textlatent.model import Pi0Config, ResidualEdit, ops
 
-OPTIONS = [{"expert_weights_per_layer": True}, {"one_image_pass": True}]
+OPTIONS = [{"expert_weights_per_layer": True}, {"one_image_pass": True}, {"aligned_attention": True}]
 
 
 def _with(model, **options):
@@ -30,17 +30,21 @@ def _sample(model, obs, noise, layer_weights=None, edit=None):
     return np.asarray(run(state, obs, noise, layer_weights, edit), np.float32)
 
 
+FIELDS = ("one_image_pass", "expert_weights_per_layer", "aligned_attention", "flash_attention", "weights_per_layer")
+
+
 def test_options_are_off_by_default():
     config = Pi0Config()
-    assert not config.expert_weights_per_layer and not config.one_image_pass and not config.weights_per_layer
+    assert not any(getattr(config, field) for field in FIELDS)
 
 
 def test_resolved_turns_on_only_the_options_left_open():
     fast = Pi0Config().resolved(True)
-    assert fast.one_image_pass and fast.expert_weights_per_layer and fast.weights_per_layer
-    assert not Pi0Config().resolved(True, accelerator=False).weights_per_layer
+    assert all(getattr(fast, field) for field in FIELDS)
+    on_cpu = Pi0Config().resolved(True, accelerator=False)
+    assert not on_cpu.weights_per_layer and not on_cpu.flash_attention and on_cpu.aligned_attention
     exact = Pi0Config().resolved(False)
-    assert (exact.one_image_pass, exact.expert_weights_per_layer, exact.weights_per_layer) == (False, False, False)
+    assert not any(getattr(exact, field) for field in FIELDS)
     chosen = Pi0Config(one_image_pass=False, weights_per_layer=True)
     assert not chosen.resolved(True).one_image_pass and chosen.resolved(False).weights_per_layer
 
@@ -55,7 +59,7 @@ def test_option_samples_the_same_actions_in_float32(f32_model, options):
     )
 
 
-@pytest.mark.parametrize("options", [{**OPTIONS[0], **OPTIONS[1]}], ids=["both"])
+@pytest.mark.parametrize("options", [{k: v for o in OPTIONS for k, v in o.items()}], ids=["all"])
 def test_options_stay_within_bf16_rounding(f32_model, options):
     config = tiny_config(dtype="bfloat16")
     reference = model_from_params(config, cast_params(model_params(f32_model), jnp.bfloat16))
@@ -65,6 +69,54 @@ def test_options_stay_within_bf16_rounding(f32_model, options):
     got = _sample(_with(reference, **options), obs, noise)
     # Fused differently, bf16 intermediates may round differently: a few units of bf16 rounding at the actions' scale.
     assert np.abs(got - expected).max() <= 4 * np.abs(expected).max() * 2**-8
+
+
+def test_aligned_attention_pads_the_cache_with_keys_nobody_sees(f32_model):
+    from textlatent.model.pi0 import KEY_MULTIPLE
+
+    model = _with(f32_model, aligned_attention=True)
+    obs = model.preprocess(make_observation(model.config, batch=2, seed=12))
+    cache, _ = model.encode_prefix(obs)
+    plain, _ = f32_model.encode_prefix(obs)
+    prefix, suffix = plain.mask.shape[1], model.config.action_horizon + 1
+    padded = cache.mask.shape[1]
+    assert (padded + suffix) % KEY_MULTIPLE == 0 and prefix < padded < prefix + KEY_MULTIPLE
+    assert not np.asarray(cache.mask[:, prefix:]).any()
+    np.testing.assert_array_equal(np.asarray(cache.mask[:, :prefix]), np.asarray(plain.mask))
+    for got, expected in zip(cache.kv, plain.kv, strict=True):
+        np.testing.assert_array_equal(np.asarray(got[:, :, :prefix]), np.asarray(expected))
+        assert not np.asarray(got[:, :, prefix:]).any()
+    # The padding keys change no velocity: the same function, in the token-major layout.
+    x = jax.random.normal(jax.random.key(7), (2, model.config.action_horizon, model.config.action_dim))
+    time = jnp.full((2,), 0.7)
+    np.testing.assert_allclose(
+        np.asarray(model.velocity(obs, cache, x, time)),
+        np.asarray(f32_model.velocity(obs, plain, x, time)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_aligned_attention_gives_the_same_attention_maps(f32_model):
+    model = _with(f32_model, aligned_attention=True)
+    obs = make_observation(model.config, batch=2, seed=13)
+    queries = model.text_positions(np.arange(3))
+    np.testing.assert_allclose(
+        np.asarray(model.prefix_attention(obs, queries)),
+        np.asarray(f32_model.prefix_attention(obs, queries)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_flash_attention_is_a_no_op_off_the_gpu(f32_model):
+    # cuDNN's fused attention runs only on a GPU (benchmarks/gpu.py measures it there); elsewhere the layers keep
+    # their own arithmetic, bit for bit.
+    assert jax.default_backend() != "gpu"
+    model = _with(f32_model, flash_attention=True)
+    obs = make_observation(model.config, batch=2, seed=17)
+    noise = jax.random.normal(jax.random.key(9), (2, model.config.action_horizon, model.config.action_dim))
+    np.testing.assert_array_equal(_sample(model, obs, noise), _sample(f32_model, obs, noise))
 
 
 def test_one_image_pass_gives_the_same_prefix(f32_model):
@@ -84,13 +136,24 @@ def test_layer_weights_are_per_layer_slices_of_the_stream(f32_model):
     layer = nnx.to_pure_dict(weights.per_layer[2])
     stacked = nnx.to_pure_dict(nnx.state(llm.layers))
     np.testing.assert_array_equal(layer["mlp_1"]["linear"], stacked["mlp_1"]["linear"][2])
-    np.testing.assert_array_equal(layer["attn"]["q_einsum_1"]["w"], stacked["attn"]["q_einsum_1"]["w"][2])
-    assert "mlp" not in layer and "q_einsum" not in layer["attn"]  # stream 0 stays stacked, in ``rest``
-    # The gate and up matrices are cut apart once, outside any loop over passes; stream 0 gets none.
-    gate, up = weights.gating[2][1]
-    np.testing.assert_array_equal(gate, stacked["mlp_1"]["gating_einsum"][2, 0])
-    np.testing.assert_array_equal(up, stacked["mlp_1"]["gating_einsum"][2, 1])
-    assert weights.gating[2][0] is None and "gating_einsum" not in layer["mlp_1"]
+    np.testing.assert_array_equal(layer["attn"]["attn_vec_einsum_1"]["w"], stacked["attn"]["attn_vec_einsum_1"]["w"][2])
+    assert "mlp" not in layer and "attn_vec_einsum" not in layer["attn"]  # stream 0 stays stacked, in ``rest``
+    # q/k/v and gate/up are laid out once as one matrix each, outside any loop over passes; stream 0 gets none.
+    _check_fused(weights.fused[2][1], stacked, "_1", 2)
+    assert weights.fused[2][0] is None and "gating_einsum" not in layer["mlp_1"]
+    assert "q_einsum_1" not in layer["attn"] and "kv_einsum_1" not in layer["attn"]
+
+
+def _check_fused(fused, stacked, suffix, layer):
+    q = stacked["attn"][f"q_einsum{suffix}"]["w"][layer]  # [N, D, H]
+    k, v = stacked["attn"][f"kv_einsum{suffix}"]["w"][layer]  # [K, D, H]
+    n, width, h = q.shape
+    np.testing.assert_array_equal(fused.qkv[:, : n * h].reshape(width, n, h), np.transpose(q, (1, 0, 2)))
+    np.testing.assert_array_equal(
+        fused.qkv[:, n * h :].reshape(width, 2, -1, h), np.stack([k, v]).transpose(2, 0, 1, 3)
+    )
+    gating = stacked[f"mlp{suffix}"]["gating_einsum"][layer]
+    np.testing.assert_array_equal(fused.gate_up, np.concatenate([gating[0], gating[1]], axis=1))
 
 
 def test_layer_weights_must_cover_the_streams_that_run(f32_model):
@@ -124,12 +187,38 @@ def test_weights_cut_at_load_time_sample_the_same_actions_in_float32(f32_model, 
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_weights_cut_at_load_time_give_the_same_prefix_residuals(f32_model):
+@pytest.mark.parametrize("with_edit", [False, True], ids=["plain", "tli"])
+def test_weights_cut_at_load_time_give_the_same_prefix_residuals(f32_model, with_edit):
+    # With the weights cut, capture skips the last block and runs the one before only at the captured rows.
     obs = make_observation(f32_model.config, batch=2, seed=10)
-    positions = f32_model.text_positions(np.arange(4))
+    edit = _tli(f32_model.config) if with_edit else None
+    for positions in (f32_model.text_positions(np.arange(4)), np.asarray([5, 0, 5, f32_model.config.prefix_len - 1])):
+        expected = np.asarray(f32_model.prefix_residuals(obs, positions, edit=edit))
+        got = np.asarray(f32_model.prefix_residuals(obs, positions, edit=edit, layer_weights=f32_model.layer_weights()))
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_capture_rows_of_a_compact_prefix_keep_nan_for_left_out_positions(f32_model):
+    from textlatent.model.pi0 import compact_observation
+
+    config = f32_model.config
+    obs = make_observation(config, batch=2, seed=14, prompt_lens=(3, 2))
+    obs = compact_observation(obs, config.max_token_len, min_prompt_len=4)
+    positions = f32_model.text_positions(np.arange(config.max_token_len))
     expected = np.asarray(f32_model.prefix_residuals(obs, positions))
     got = np.asarray(f32_model.prefix_residuals(obs, positions, layer_weights=f32_model.layer_weights()))
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert np.isnan(expected).any() and (np.isnan(got) == np.isnan(expected)).all()
+    np.testing.assert_allclose(got[~np.isnan(got)], expected[~np.isnan(expected)], rtol=1e-5, atol=1e-5)
+
+
+def test_query_rows_are_for_the_prefix_stream_alone(f32_model):
+    model = f32_model
+    obs = model.preprocess(make_observation(model.config, batch=1, seed=15))
+    tokens, _, _ = model.embed_prefix(obs)
+    suffix = jnp.zeros((1, 2, model.config.action_expert.width))
+    attention = nnx.merge(*nnx.split(model.PaliGemma.llm.layers)).attn
+    with pytest.raises(ValueError, match="stream 0 alone"):
+        attention.forward([tokens, suffix], None, None, None, query_rows=jnp.arange(2))
 
 
 def test_model_layer_weights_are_slices_of_the_stacks(f32_model):
@@ -146,16 +235,14 @@ def test_model_layer_weights_are_slices_of_the_stacks(f32_model):
     np.testing.assert_array_equal(
         nnx.to_pure_dict(weights.llm.per_layer[2])["mlp"]["linear"], layers["mlp"]["linear"][2]
     )
-    for stream, name in ((0, "mlp"), (1, "mlp_1")):
-        gate, up = weights.llm.gating[1][stream]
-        np.testing.assert_array_equal(gate, layers[name]["gating_einsum"][1, 0])
-        np.testing.assert_array_equal(up, layers[name]["gating_einsum"][1, 1])
+    for stream, suffix in ((0, ""), (1, "_1")):
+        _check_fused(weights.llm.fused[1][stream], layers, suffix, 1)
 
 
 def test_all_options_stay_within_bf16_rounding(f32_model):
     config = tiny_config(dtype="bfloat16")
     reference = model_from_params(config, cast_params(model_params(f32_model), jnp.bfloat16))
-    fast = _with(reference, one_image_pass=True, expert_weights_per_layer=True)
+    fast = _with(reference, one_image_pass=True, expert_weights_per_layer=True, aligned_attention=True)
     obs = make_observation(config, batch=2, seed=11)
     noise = jax.random.normal(jax.random.key(6), (2, config.action_horizon, config.action_dim))
     for edit in (None, _tli(config)):
@@ -227,3 +314,23 @@ def test_fast_policy_stays_within_bf16_rounding(libero_checkpoint, tokenizer_pat
     noise = np.random.default_rng(4).normal(size=(1, 6, 32)).astype(np.float32)
     expected, got = exact.run_model(inputs, noise), fast.run_model(inputs, noise)
     assert np.abs(got - expected).max() <= 4 * np.abs(expected).max() * 2**-8
+
+
+def test_suffix_buffers_give_the_concatenated_keys_bit_for_bit(f32_model):
+    from textlatent.model.gemma import SuffixBuffers
+
+    model = model_from_params(tiny_config(dtype="bfloat16"), cast_params(model_params(f32_model), jnp.bfloat16))
+    obs = model.preprocess(make_observation(model.config, batch=2, seed=16))
+    cache, _ = model.encode_prefix(obs)
+    weights = model.PaliGemma.llm.layer_weights([1])
+    x = jax.random.normal(jax.random.key(8), (2, model.config.action_horizon, model.config.action_dim))
+    time = jnp.full((2,), 0.3)
+    buffers = SuffixBuffers.from_cache(cache.kv, model.config.action_horizon + 1)
+    expected, (k, v) = model._velocity(obs, cache.mask, cache.kv, x, time, weights)
+    got, written = model._velocity(obs, cache.mask, buffers, x, time, weights)
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(expected, np.float32))
+    # The buffers now hold what the concatenation made: the prefix's keys, then the suffix's.
+    np.testing.assert_array_equal(np.asarray(jnp.stack(written.k), np.float32), np.asarray(k, np.float32))
+    np.testing.assert_array_equal(np.asarray(jnp.stack(written.v), np.float32), np.asarray(v, np.float32))
+    with pytest.raises(ValueError, match="SuffixBuffers need layer_weights"):
+        model._velocity(obs, cache.mask, buffers, x, time, None)

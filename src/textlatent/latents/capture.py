@@ -64,7 +64,8 @@ class LatentCapture:
         self.batch_size = batch_size
         self.exact_padding = exact_padding
         self._graphdef, self._state = nnx.split(policy.model)
-        self._sums = jax.jit(_prompt_sums, static_argnums=(0,))
+        # The policy's XLA options for this batch size (on a GPU, cuBLAS for large batches).
+        self._sums = policy.jitted(_prompt_sums, batch_size, static_argnums=(0,))
         self.running: dict[str, _Running] = {}
 
     def add(self, request: dict) -> int:

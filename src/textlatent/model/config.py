@@ -106,6 +106,17 @@ class Pi0Config:
     """Run SigLIP once over all present cameras stacked on the batch axis instead of once per camera (the weights are
     read once): the same function, rows are independent, but matrix products over more rows may round differently in
     bf16. Prefix pass at batch 1 on an H100: 13.8 → 11.6 ms. None: as ``expert_weights_per_layer``."""
+    aligned_attention: bool | None = None
+    """Attention laid out for the GPU: query heads as token-major rows (``Attention(token_major=True)``: the softmax
+    runs along contiguous rows and the output projection reads the attention output without a transpose), and the
+    prefix cache padded with masked zero keys so that prefix + suffix keys are a multiple of ``KEY_MULTIPLE`` (the
+    flow steps' matrix products need no padding copy). The same function: every logit is the same dot product and a
+    masked key gets exactly zero weight; sums run in another order. None: as ``expert_weights_per_layer``."""
+    flash_attention: bool | None = None
+    """On a GPU, the prefix's attention (SigLIP's and PaliGemma's) runs as cuDNN's fused flash attention: the
+    logits never go through device memory. The same function up to rounding (SigLIP's logits are then float32 where
+    openpi rounds them to bf16; the softmax normalises the output instead of the probabilities). The flow steps keep
+    their matrix products. A no-op off the GPU. None: ``Policy`` turns it on with its compact layout on accelerators."""
     weights_per_layer: bool | None = None
     """For whoever holds the model for many calls (``Policy``): cut every layer's weights (SigLIP, PaliGemma and the
     expert, the feed-forward gate/up halves apart) out of the stacks once at load time and pass them to
@@ -135,6 +146,8 @@ class Pi0Config:
         choices = {
             "one_image_pass": fast,
             "expert_weights_per_layer": fast,
+            "aligned_attention": fast,
+            "flash_attention": fast and accelerator,
             "weights_per_layer": fast and accelerator,
         }
         return dataclasses.replace(self, **{k: v for k, v in choices.items() if getattr(self, k) is None})

@@ -7,6 +7,7 @@ run with ``lax.scan`` so that one block is traced. Stream ``i ≥ 1`` modules ca
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,25 @@ KVCache = tuple[jax.Array, jax.Array]
 
 
 @struct.dataclass
+class SuffixBuffers:
+    """Key/value buffers for repeated passes of new tokens over one cache (the flow steps over the prefix): per
+    layer [B, S + T, K, H], the cache's S keys first, then room for the T new keys, which every pass writes in place
+    (``lax.dynamic_update_slice``) instead of concatenating a fresh copy of the cache. The keys each query sees, and
+    their order, are those of the concatenation. Straight-line layers only (``Gemma.forward(layer_weights=...)``)."""
+
+    k: tuple  # per layer
+    v: tuple
+    start: int = struct.field(pytree_node=False)  # S: where the new keys go
+
+    @classmethod
+    def from_cache(cls, kv_cache: KVCache, new_tokens: int) -> SuffixBuffers:
+        k, v = kv_cache
+        widths = [(0, 0)] * (k.ndim - 1)
+        widths[1] = (0, new_tokens)
+        return cls(k=tuple(jnp.pad(a, widths) for a in k), v=tuple(jnp.pad(a, widths) for a in v), start=k.shape[2])
+
+
+@struct.dataclass
 class LayerWeights:
     """Some streams' layer parameters cut into one state per layer (``Gemma.layer_weights``); the other streams'
     parameters stay stacked in ``rest`` and must not run.
@@ -32,7 +52,7 @@ class LayerWeights:
     graphdef: nnx.GraphDef = struct.field(pytree_node=False)
     layers: tuple  # per layer: the leaves of its nnx.State
     rest_leaves: tuple
-    gating: tuple  # per layer, per stream: (W_gate, W_up) or None (the stacked ``gating_einsum`` stays in ``rest``)
+    fused: tuple  # per layer, per stream: ``FusedProjections`` or None (that stream's stacks stay in ``rest``)
     streams: tuple[int, ...] = struct.field(pytree_node=False)
     layer_def: jax.tree_util.PyTreeDef = struct.field(pytree_node=False)
     rest_def: jax.tree_util.PyTreeDef = struct.field(pytree_node=False)
@@ -45,6 +65,16 @@ class LayerWeights:
     @property
     def rest(self) -> nnx.State:
         return jax.tree.unflatten(self.rest_def, self.rest_leaves)
+
+
+class FusedProjections(NamedTuple):
+    """One layer's input projections of one stream, each as a single matrix (``Gemma.layer_weights``): a layer then
+    runs one matrix product for q, k and v and one for gate and up, reading weights laid out for it, instead of
+    several products whose weights XLA would concatenate or slice again in every call. Every output column is the
+    same dot product as in the separate projections."""
+
+    qkv: jax.Array  # [D, (N + 2K)·H]: q heads, then k heads, then v heads, each head's H columns together
+    gate_up: jax.Array  # [D, 2F]: W_gate then W_up
 
 
 _init_lecun = jax.nn.initializers.lecun_normal
@@ -83,21 +113,32 @@ class FeedForward(nnx.Module):
             _init_lecun(in_axis=-2, out_axis=-1, batch_axis=(0,))(rngs.params(), (depth, hidden, width))
         )
 
-    def __call__(self, x: jax.Array, gating: Sequence[jax.Array] | None = None) -> jax.Array:
-        """``gating``: this layer's (W_gate, W_up), when already cut out of ``gating_einsum`` (``Gemma.layer_weights``)."""
-        gating = self.gating_einsum[...] if gating is None else gating
-        gate = ops.gelu(jnp.dot(x, gating[0].astype(x.dtype)))
-        up = jnp.dot(x, gating[1].astype(x.dtype))
-        return jnp.dot(gate * up, self.linear[...].astype(x.dtype))
+    def __call__(self, x: jax.Array, gate_up: jax.Array | None = None) -> jax.Array:
+        """``gate_up``: this layer's [W_gate | W_up] as one matrix (``FusedProjections``), or None to read them from
+        ``gating_einsum``."""
+        if gate_up is None:
+            gating = self.gating_einsum[...]
+            gate, up = jnp.dot(x, gating[0].astype(x.dtype)), jnp.dot(x, gating[1].astype(x.dtype))
+        else:
+            both = jnp.dot(x, gate_up.astype(x.dtype))
+            gate, up = jnp.split(both, 2, axis=-1)
+        return jnp.dot(ops.gelu(gate) * up, self.linear[...].astype(x.dtype))
 
 
 class Block(nnx.Module):
     """One transformer layer for all streams. Parameters are created stacked over ``depth``; ``Gemma`` scans them."""
 
-    def __init__(self, configs: Sequence[GemmaConfig], rngs: nnx.Rngs):
+    def __init__(
+        self,
+        configs: Sequence[GemmaConfig],
+        rngs: nnx.Rngs,
+        *,
+        token_major_attention: bool = False,
+        flash_attention: bool = False,
+    ):
         depth = configs[0].depth
         self.configs = tuple(configs)
-        self.attn = Attention(configs, rngs)
+        self.attn = Attention(configs, rngs, token_major=token_major_attention, flash=flash_attention)
         for i, c in enumerate(configs):
             setattr(self, _suffix("pre_attention_norm", i), RMSNorm((depth, c.width)))
             setattr(self, _suffix("pre_ffw_norm", i), RMSNorm((depth, c.width)))
@@ -107,28 +148,56 @@ class Block(nnx.Module):
         out, kv_cache, _ = self.forward(xs, positions, mask, kv_cache)
         return out, kv_cache
 
-    def forward(self, xs, positions, mask, kv_cache, attention_queries: jax.Array | None = None, gating=None):
+    def forward(
+        self,
+        xs,
+        positions,
+        mask,
+        kv_cache,
+        attention_queries: jax.Array | None = None,
+        fused=None,
+        query_rows: jax.Array | None = None,
+    ):
         """The layer, plus stream-0 attention probabilities at ``attention_queries`` (see ``Attention.forward``).
-        ``gating``: per stream, (W_gate, W_up) of this layer or None (``FeedForward``)."""
+        ``fused``: per stream, this layer's ``FusedProjections`` or None (read the stacks). ``query_rows``: compute the
+        layer's output only at these token rows (all tokens still give keys and values; see ``Attention.forward``)."""
         normed = [None if x is None else getattr(self, _suffix("pre_attention_norm", i))(x) for i, x in enumerate(xs)]
-        attn_out, kv_cache, probs = self.attn.forward(normed, positions, mask, kv_cache, attention_queries)
+        qkv = None if fused is None else [None if f is None else f.qkv for f in fused]
+        attn_out, kv_cache, probs = self.attn.forward(
+            normed, positions, mask, kv_cache, attention_queries, query_rows=query_rows, qkv=qkv
+        )
+        if query_rows is not None:
+            xs = [jnp.take(xs[0], query_rows, axis=1), *xs[1:]]
         xs = [None if x is None else x + y for x, y in zip(xs, attn_out, strict=True)]
         out = []
         for i, x in enumerate(xs):
             if x is None:
                 out.append(None)
                 continue
-            mlp_gating = None if gating is None else gating[i]
-            y = getattr(self, _suffix("mlp", i))(getattr(self, _suffix("pre_ffw_norm", i))(x), mlp_gating)
+            gate_up = None if fused is None or fused[i] is None else fused[i].gate_up
+            y = getattr(self, _suffix("mlp", i))(getattr(self, _suffix("pre_ffw_norm", i))(x), gate_up)
             out.append(x + y)
         return out, kv_cache, probs
 
 
 class Attention(nnx.Module):
-    """Joint multi-query attention: each stream has its own projections; tokens of all streams attend together."""
+    """Joint multi-query attention: each stream has its own projections; tokens of all streams attend together.
 
-    def __init__(self, configs: Sequence[GemmaConfig], rngs: nnx.Rngs):
+    ``token_major``: the query heads that share a key/value head are laid out as rows in token order
+    (``[B, K, T·G, S]``, which for multi-query attention is ``q`` as it comes out of its projection, reshaped) rather
+    than openpi's head order (``[B, K, G·T, S]``). Every logit and every output is the same dot product; the layout
+    just lets XLA on a GPU run the softmax along contiguous rows and feed the output projection without transposes.
+    Off (openpi's layout) by default.
+
+    ``flash``: on a GPU, passes without a cache (the prefix) run cuDNN's fused attention (``ops.flash_attention``).
+    Passes over a cache (the flow steps' few queries) keep the matrix products, which are faster there."""
+
+    def __init__(
+        self, configs: Sequence[GemmaConfig], rngs: nnx.Rngs, *, token_major: bool = False, flash: bool = False
+    ):
         self.configs = tuple(configs)
+        self.token_major = token_major
+        self.flash = flash
         depth = configs[0].depth
         for i, c in enumerate(configs):
             if c.num_kv_heads == c.num_heads:
@@ -149,19 +218,42 @@ class Attention(nnx.Module):
         out, kv_cache, _ = self.forward(xs, positions, mask, kv_cache)
         return out, kv_cache
 
-    def forward(self, xs, positions, mask, kv_cache, attention_queries: jax.Array | None = None):
+    def forward(
+        self,
+        xs,
+        positions,
+        mask,
+        kv_cache,
+        attention_queries: jax.Array | None = None,
+        *,
+        query_rows: jax.Array | None = None,
+        qkv: Sequence[jax.Array | None] | None = None,
+    ):
         """``__call__``, and also the attention probabilities of the queries at ``attention_queries``.
 
         attention_queries: int[Q] indices into the present tokens (stream 0 comes first, so these are stream-0
         positions when stream 0 runs), or None. Returns (outputs per stream, (K, V), probabilities float32
         [B, num_heads, Q, S] over all S keys, or None when not asked — then nothing extra is computed).
+        query_rows: int[R] token rows whose outputs are wanted (stream 0 alone), or None for all: every token still
+        gives its key and value, but only these rows query — each output row is the one the full layer computes.
+        qkv: per stream, this layer's fused q/k/v matrix (``FusedProjections.qkv``) or None (read the stacks).
         """
+        if query_rows is not None and (len(xs) < 1 or xs[0] is None or any(x is not None for x in xs[1:])):
+            raise ValueError("query_rows is for a pass of stream 0 alone")
         qkvs = []
         for i, x in enumerate(xs):
             if x is None:
                 continue
-            q = getattr(self, _suffix("q_einsum", i))("BTD,NDH->BTNH", x)
-            k, v = getattr(self, _suffix("kv_einsum", i))("BSD,2KDH->2BSKH", x)
+            if qkv is None or qkv[i] is None:
+                q = getattr(self, _suffix("q_einsum", i))("BTD,NDH->BTNH", x)
+                k, v = getattr(self, _suffix("kv_einsum", i))("BSD,2KDH->2BSKH", x)
+            else:
+                c = self.configs[i]
+                y = jnp.dot(x, qkv[i].astype(x.dtype))
+                q, k, v = jnp.split(y, [c.num_heads * c.head_dim, (c.num_heads + c.num_kv_heads) * c.head_dim], -1)
+                q = q.reshape(*x.shape[:2], c.num_heads, c.head_dim)
+                k = k.reshape(*x.shape[:2], c.num_kv_heads, c.head_dim)
+                v = v.reshape(*x.shape[:2], c.num_kv_heads, c.head_dim)
             qkvs.append((q, k, v))
         q, k, v = (jnp.concatenate(y, axis=1) for y in zip(*qkvs, strict=True))
 
@@ -170,35 +262,59 @@ class Attention(nnx.Module):
         q *= head_dim**-0.5
         k = ops.apply_rope(k, positions)
 
-        if kv_cache is not None:
+        if isinstance(kv_cache, SuffixBuffers):  # one layer's buffers: write the new keys in place
+            k = lax.dynamic_update_slice_in_dim(kv_cache.k[0], k, kv_cache.start, axis=1)
+            v = lax.dynamic_update_slice_in_dim(kv_cache.v[0], v, kv_cache.start, axis=1)
+        elif kv_cache is not None:
             cache_k, cache_v = kv_cache
             k = jnp.concatenate([cache_k, k], axis=1)
             v = jnp.concatenate([cache_v, v], axis=1)
+        if query_rows is not None:
+            q = jnp.take(q, query_rows, axis=1)
+            mask = jnp.take(mask, query_rows, axis=2)
 
         b, t, n, h = q.shape
-        kv_heads = self.configs[0].num_kv_heads
-        q = q.reshape(b, t, kv_heads, n // kv_heads, h)
-        logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
         if mask.shape != (b, 1, t, k.shape[1]):
             raise ValueError(f"attention mask has shape {mask.shape}, expected {(b, 1, t, k.shape[1])}")
-        logits = jnp.where(mask[:, :, None, :, :], logits, ops.ATTENTION_MASK_VALUE)
+        if kv_cache is None and attention_queries is None and ops.flash_attention_available(self.flash, b * t):
+            return self._project_out(xs, ops.flash_attention(q, k, v, mask), query_rows), (k, v), None
+        kv_heads = self.configs[0].num_kv_heads
+        q = q.reshape(b, t, kv_heads, n // kv_heads, h)
+        if self.token_major:
+            logits = jnp.einsum("BTKGH,BSKH->BKTGS", q, k, preferred_element_type=jnp.float32)
+            logits = jnp.where(mask[:, :, :, None, :], logits, ops.ATTENTION_MASK_VALUE)
+        else:
+            logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
+            logits = jnp.where(mask[:, :, None, :, :], logits, ops.ATTENTION_MASK_VALUE)
         probs_f32 = jax.nn.softmax(logits, axis=-1)
         probs = probs_f32.astype(k.dtype)
-        encoded = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(b, t, n, h)
+        if self.token_major:
+            encoded = jnp.einsum("BKTGS,BSKH->BTKGH", probs, v).reshape(b, t, n, h)
+        else:
+            encoded = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(b, t, n, h)
         queried = None
         if attention_queries is not None:
             # The float32 softmax, before the cast to the value dtype; heads in q_einsum order (kv head major).
-            queried = probs_f32[:, :, :, attention_queries, :].reshape(b, n, -1, k.shape[1])
+            if self.token_major:
+                queried = jnp.swapaxes(probs_f32[:, :, attention_queries], 2, 3)
+            else:
+                queried = probs_f32[:, :, :, attention_queries, :]
+            queried = queried.reshape(b, n, -1, k.shape[1])
 
+        kv_out = SuffixBuffers((k,), (v,), kv_cache.start) if isinstance(kv_cache, SuffixBuffers) else (k, v)
+        return self._project_out(xs, encoded, query_rows), kv_out, queried
+
+    def _project_out(self, xs, encoded, query_rows) -> list:
+        """Each stream's rows of ``encoded`` [B, T, N, H] through its output projection."""
         out, start = [], 0
         for i, x in enumerate(xs):
             if x is None:
                 out.append(None)
                 continue
-            end = start + x.shape[1]
+            end = start + (x.shape[1] if query_rows is None else encoded.shape[1])
             out.append(getattr(self, _suffix("attn_vec_einsum", i))("BTNH,NHD->BTD", encoded[:, start:end]))
             start = end
-        return out, (k, v), queried
+        return out
 
 
 class Embedder(nnx.Module):
@@ -224,12 +340,14 @@ class Gemma(nnx.Module):
         embed_dtype: str,
         rngs: nnx.Rngs,
         unroll_layers: bool = False,
+        token_major_attention: bool = False,
+        flash_attention: bool = False,
     ):
         self.configs = tuple(configs)
         self.unroll_layers = unroll_layers
         self.embed_dtype = jnp.dtype(embed_dtype)
         self.embedder = Embedder(vocab_size, configs[0].width, rngs)
-        self.layers = Block(configs, rngs)
+        self.layers = Block(configs, rngs, token_major_attention=token_major_attention, flash_attention=flash_attention)
         for i, c in enumerate(configs):
             setattr(self, _suffix("final_norm", i), RMSNorm((c.width,)))
 
@@ -242,7 +360,8 @@ class Gemma(nnx.Module):
 
         Slicing a layer out of the stacked weights is a copy on GPU, and inside a loop over passes (the flow steps)
         it is repeated every pass. Cut once here, outside that loop, every pass reads the same per-layer copies. The
-        feed-forward gate and up matrices are cut apart here too (their split is a copy as well)."""
+        input projections are laid out here as one matrix each for q/k/v and gate/up (``FusedProjections``): XLA
+        would otherwise transpose or concatenate those weights again in every pass."""
         streams = tuple(sorted(set(streams)))
 
         def stream_of(path) -> int:
@@ -252,25 +371,76 @@ class Gemma(nnx.Module):
                     return int(number)
             return 0
 
+        fused_names = {"gating_einsum", "q_einsum", "kv_einsum"}
+
         def cut(path, _) -> bool:
-            return stream_of(path) in streams and "gating_einsum" not in (str(key) for key in path)
+            names = {str(key).rstrip("0123456789").rstrip("_") for key in path}
+            return stream_of(path) in streams and not names & fused_names
 
         graphdef, sliced, rest = nnx.split(self.layers, cut, ...)
         leaves, layer_def = jax.tree.flatten(sliced)
         layers = tuple(tuple(a[i] for a in leaves) for i in range(self.depth))
         rest_leaves, rest_def = jax.tree.flatten(rest)
-        mlps = [getattr(self.layers, _suffix("mlp", s)) for s in range(len(self.configs))]
-        stacked = [mlp.gating_einsum[...] if s in streams else None for s, mlp in enumerate(mlps)]
-        gating = tuple(tuple(None if g is None else (g[i, 0], g[i, 1]) for g in stacked) for i in range(self.depth))
+
+        def fused_of(stream: int, layer: int) -> FusedProjections:
+            attn = self.layers.attn
+            q = getattr(attn, _suffix("q_einsum", stream)).w[...][layer]  # [N, D, H]
+            k, v = getattr(attn, _suffix("kv_einsum", stream)).w[...][layer]  # [K, D, H] each
+            columns = [w.transpose(1, 0, 2).reshape(w.shape[1], -1) for w in (q, k, v)]
+            gate, up = getattr(self.layers, _suffix("mlp", stream)).gating_einsum[...][layer]
+            return FusedProjections(qkv=jnp.concatenate(columns, axis=1), gate_up=jnp.concatenate([gate, up], axis=1))
+
+        fused = tuple(
+            tuple(fused_of(s, i) if s in streams else None for s in range(len(self.configs))) for i in range(self.depth)
+        )
         return LayerWeights(
             graphdef=graphdef,
             layers=layers,
             rest_leaves=tuple(rest_leaves),
-            gating=gating,
+            fused=fused,
             streams=streams,
             layer_def=layer_def,
             rest_def=rest_def,
         )
+
+    def _capture_rows(self, x, positions, mask, edit, capture_positions, layer_weights: LayerWeights) -> jax.Array:
+        """``forward(..., capture_only=True)`` over per-layer weights: stream 0's residual entering every block at
+        ``capture_positions``, [depth, B, P, D]. The residual entering the last block needs the block before it
+        only at those rows, and nothing of the last block."""
+        tokens = x.shape[1]
+        valid = (capture_positions >= 0) & (capture_positions < tokens)
+        rows = jnp.clip(capture_positions, 0, tokens - 1)
+        graphdef, rest, captured = layer_weights.graphdef, layer_weights.rest, []
+
+        def with_delta(x, i, rows=None):
+            if edit is None:
+                return x
+            added = edit.delta[i].astype(x.dtype)
+            if rows is None:
+                return x.at[:, edit.positions].add(added, mode="drop")
+            # The edit written into full-length zeros, then read at the rows: the same single add per element.
+            full = jnp.zeros((x.shape[0], tokens, x.shape[2]), x.dtype).at[:, edit.positions].add(added, mode="drop")
+            return x + jnp.take(full, rows, axis=1)
+
+        last = self.depth - 1
+        for i, (weights, fused) in enumerate(zip(layer_weights.per_layer, layer_weights.fused, strict=True)):
+            if i == last:
+                x = with_delta(x, i, rows)
+                captured.append(jnp.where(valid[None, :, None], x, jnp.nan))
+                break
+            x = with_delta(x, i)
+            captured.append(jnp.take(x, capture_positions, axis=1, mode="fill", fill_value=jnp.nan))
+            block = nnx.merge(graphdef, weights, rest)
+            (x, *_), _, _ = block.forward(
+                [x] + [None] * (len(self.configs) - 1),
+                positions,
+                mask,
+                None,
+                None,
+                fused,
+                query_rows=rows if i == last - 1 else None,
+            )
+        return jnp.stack(captured)
 
     def embed(self, tokens: jax.Array) -> jax.Array:
         return self.embedder.encode(tokens).astype(self.embed_dtype)
@@ -302,6 +472,7 @@ class Gemma(nnx.Module):
         capture_positions: jax.Array | None = None,
         attention_queries: jax.Array | None = None,
         layer_weights: LayerWeights | None = None,
+        capture_only: bool = False,
     ) -> tuple[list[jax.Array | None], KVCache, jax.Array | None, jax.Array | None]:
         """Run all layers.
 
@@ -309,13 +480,17 @@ class Gemma(nnx.Module):
           embedded: per stream [B, T_i, D_i] or None (stream not run).
           positions: int[B, T] RoPE positions of the present tokens.
           mask: bool[B, T, S] — which of the S keys (cache first, then present tokens) each query sees.
-          kv_cache: keys/values of earlier tokens, [depth, B, S_cache, K, H] each.
+          kv_cache: keys/values of earlier tokens, [depth, B, S_cache, K, H] each, or ``SuffixBuffers`` (with
+            ``layer_weights``; the updated buffers are then returned in place of the stacked (K, V)).
           edit: additions/replacement in stream 0's residual stream (see ``ResidualEdit``).
           capture_positions: int[P] stream-0 positions whose residual stream entering each block is returned.
           attention_queries: int[Q] stream-0 positions whose attention rows are returned, or None. The option is
             static (Python-level): with None nothing extra is traced or returned.
           layer_weights: this model's ``layer_weights(streams)`` for every stream that runs: the layers then run as
             straight-line code over those per-layer weights (the same arithmetic) instead of a scan over the stacks.
+          capture_only: only ``captured`` is wanted (outputs and (K, V) are returned as None). With
+            ``layer_weights``, the last block is then not run and the one before it computes only the captured rows
+            (their values are those of the full pass); without, every block runs as usual.
 
         Returns:
           (final-normed outputs per stream, (K, V) of all keys per layer, captured [depth, B, P, D_0] or None,
@@ -353,7 +528,7 @@ class Gemma(nnx.Module):
         graphdef, layer_state = nnx.split(self.layers)
 
         def run_layer(xs, layer_in):
-            state, cache, layer_delta, gating = layer_in
+            state, cache, layer_delta, fused = layer_in
             if layer_delta is not None:
                 xs = [xs[0].at[:, edit.positions].add(layer_delta.astype(xs[0].dtype), mode="drop"), *xs[1:]]
             captured = (
@@ -362,24 +537,45 @@ class Gemma(nnx.Module):
                 else jnp.take(xs[0], capture_positions, axis=1, mode="fill", fill_value=jnp.nan)
             )
             block = nnx.merge(graphdef, *state) if layer_weights is not None else nnx.merge(graphdef, state)
-            xs, cache, attention = block.forward(xs, positions, mask, cache, attention_queries, gating)
+            xs, cache, attention = block.forward(xs, positions, mask, cache, attention_queries, fused)
             # ``attention`` is None unless asked: a None leaf adds no scan output.
             return xs, (cache, captured, attention)
 
+        if capture_only and (
+            capture_positions is None or attention_queries is not None or any(x is not None for x in xs[1:])
+        ):
+            raise ValueError("capture_only needs capture_positions, stream 0 alone and no attention_queries")
+        if isinstance(kv_cache, SuffixBuffers) and layer_weights is None:
+            raise ValueError("SuffixBuffers need layer_weights (straight-line layers)")
         if layer_weights is None:
             xs, (kv_cache, captured, attention) = lax.scan(
                 run_layer, xs, (layer_state, kv_cache, delta, None), unroll=self.unroll_layers
             )
+        elif capture_only:
+            captured = self._capture_rows(xs[0], positions, mask, edit, capture_positions, layer_weights)
+            return [None] * len(xs), None, captured, None
         else:
             running = [i for i, x in enumerate(xs) if x is not None]
             if not set(running) <= set(layer_weights.streams):
                 raise ValueError(f"layer_weights cover streams {layer_weights.streams}, but streams {running} run")
             graphdef, outs, rest = layer_weights.graphdef, [], layer_weights.rest
-            for i, (weights, gating) in enumerate(zip(layer_weights.per_layer, layer_weights.gating, strict=True)):
-                cache = None if kv_cache is None else jax.tree.map(lambda a, i=i: a[i], kv_cache)
+            buffers = kv_cache if isinstance(kv_cache, SuffixBuffers) else None
+            for i, (weights, fused) in enumerate(zip(layer_weights.per_layer, layer_weights.fused, strict=True)):
+                if buffers is not None:
+                    cache = SuffixBuffers((buffers.k[i],), (buffers.v[i],), buffers.start)
+                else:
+                    cache = None if kv_cache is None else jax.tree.map(lambda a, i=i: a[i], kv_cache)
                 layer_delta = None if delta is None else delta[i]
-                xs, out = run_layer(xs, ((weights, rest), cache, layer_delta, gating))
+                xs, out = run_layer(xs, ((weights, rest), cache, layer_delta, fused))
                 outs.append(out)
+            if buffers is not None:
+                layer_buffers = [out[0] for out in outs]
+                kv_out = SuffixBuffers(
+                    tuple(b.k[0] for b in layer_buffers), tuple(b.v[0] for b in layer_buffers), buffers.start
+                )
+                outs = [(None, *out[1:]) for out in outs]
             kv_cache, captured, attention = jax.tree.map(lambda *a: jnp.stack(a), *outs)
+            if buffers is not None:
+                kv_cache = kv_out
         outputs = [None if x is None else getattr(self, _suffix("final_norm", i))(x) for i, x in enumerate(xs)]
         return outputs, kv_cache, captured, attention

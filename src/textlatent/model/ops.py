@@ -78,6 +78,26 @@ def apply_rope(x, positions, max_wavelength: int = 10_000):
     return out.astype(x.dtype)
 
 
+FLASH_MIN_QUERIES = 4096
+"""Fused attention pays only for large passes: on an H100 a π0 chunk is slower with it up to batch 4 (2112 prefix
+queries; SigLIP 8×256) and faster from batch 8 on (4224; 16×256) (``benchmarks/NOTES-gpu.md``)."""
+
+
+def flash_attention_available(wanted: bool, queries: int) -> bool:
+    """Whether a layer asked for fused (flash) attention gets it for a pass of ``queries`` query rows (batch ×
+    tokens): only on a GPU, where cuDNN runs it, and only for passes of at least ``FLASH_MIN_QUERIES`` rows;
+    otherwise the layer keeps its own arithmetic (a trace-time decision)."""
+    return wanted and queries >= FLASH_MIN_QUERIES and jax.default_backend() == "gpu"
+
+
+def flash_attention(q, k, v, mask=None):
+    """cuDNN's fused attention over already-scaled queries: q [B, T, N, H], k/v [B, S, K, H], mask bool
+    [B, 1, T, S] or None → [B, T, N, H]. Logits and softmax in float32, probabilities cast to the value dtype for the
+    second product, as the unfused layers do; the normalisation is applied to the output instead of the
+    probabilities (flash attention), so results differ from the unfused path by rounding."""
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=1.0, implementation="cudnn")
+
+
 def make_attn_mask(input_mask, mask_ar):
     """Prefix-LM block mask: token i sees valid token j iff j's block index (cumsum of ``mask_ar``) is ≤ i's.
 

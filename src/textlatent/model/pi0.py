@@ -11,7 +11,7 @@ from flax import nnx, struct
 
 from textlatent.model import ops
 from textlatent.model.config import Pi0Config
-from textlatent.model.gemma import Gemma, KVCache, LayerWeights
+from textlatent.model.gemma import Gemma, KVCache, LayerWeights, SuffixBuffers
 from textlatent.model.intervention import ResidualEdit
 from textlatent.model.siglip import EncoderWeights, SigLIP
 
@@ -135,6 +135,24 @@ class PrefixCache:
     mask: jax.Array  # bool[B, P]
 
 
+KEY_MULTIPLE = 32
+"""``aligned_attention`` pads the prefix cache so that the suffix's keys (prefix + suffix) are a multiple of this."""
+
+
+def pad_keys(cache: PrefixCache, suffix_len: int, multiple: int = KEY_MULTIPLE) -> PrefixCache:
+    """``cache`` with masked zero keys/values appended so that ``P + suffix_len`` is a multiple of ``multiple``.
+
+    A masked key's logit is replaced by the mask value, so its softmax weight is exactly 0 and its zero value adds
+    exactly 0: the suffix's attention is the same function. Positions are unchanged (they count valid keys)."""
+    extra = -(cache.mask.shape[1] + suffix_len) % multiple
+    if not extra:
+        return cache
+    k, v = cache.kv
+    widths = [(0, 0)] * k.ndim
+    widths[2] = (0, extra)
+    return PrefixCache(kv=(jnp.pad(k, widths), jnp.pad(v, widths)), mask=jnp.pad(cache.mask, ((0, 0), (0, extra))))
+
+
 @struct.dataclass
 class ModelLayerWeights:
     """Every layer's weights cut out of the stacks (``Pi0.layer_weights``): SigLIP's blocks and both Gemma streams."""
@@ -155,6 +173,8 @@ class Pi0(nnx.Module):
             embed_dtype=config.dtype,
             rngs=rngs,
             unroll_layers=config.unroll_layers,
+            token_major_attention=bool(config.aligned_attention),
+            flash_attention=bool(config.flash_attention),
         )
         img = SigLIP(
             config.siglip,
@@ -162,6 +182,7 @@ class Pi0(nnx.Module):
             num_patches=config.tokens_per_image,
             dtype=config.dtype,
             rngs=rngs,
+            flash_attention=bool(config.flash_attention),
         )
         self.PaliGemma = PaliGemma(llm, img)
         width = expert_cfg.width
@@ -280,6 +301,8 @@ class Pi0(nnx.Module):
         cache, captured, _ = self._prefix_pass(
             obs, edit=edit, capture_positions=capture_positions, layer_weights=layer_weights
         )
+        if self.config.aligned_attention:
+            cache = pad_keys(cache, self.config.action_horizon + 1)
         return cache, captured
 
     def _prefix_pass(
@@ -290,8 +313,10 @@ class Pi0(nnx.Module):
         capture_positions: jax.Array | None = None,
         attention_queries: jax.Array | None = None,
         layer_weights: ModelLayerWeights | None = None,
-    ) -> tuple[PrefixCache, jax.Array | None, jax.Array | None]:
-        """``encode_prefix`` plus, if asked, the prefix attention probabilities (see ``prefix_attention``)."""
+        capture_only: bool = False,
+    ) -> tuple[PrefixCache | None, jax.Array | None, jax.Array | None]:
+        """``encode_prefix`` plus, if asked, the prefix attention probabilities (see ``prefix_attention``).
+        ``capture_only``: only the captured residuals are wanted (no cache is returned; see ``Gemma.forward``)."""
         obs = self.preprocess(obs)
         tokens, mask, ar = self.embed_prefix(obs, None if layer_weights is None else layer_weights.img)
         attn_mask = ops.make_attn_mask(mask, ar)
@@ -316,8 +341,9 @@ class Pi0(nnx.Module):
             capture_positions=capture_positions,
             attention_queries=attention_queries,
             layer_weights=None if layer_weights is None else layer_weights.llm,
+            capture_only=capture_only,
         )
-        return PrefixCache(kv=kv, mask=mask), captured, attention
+        return (None if capture_only else PrefixCache(kv=kv, mask=mask)), captured, attention
 
     def prefix_residuals(
         self,
@@ -327,9 +353,14 @@ class Pi0(nnx.Module):
         edit: ResidualEdit | None = None,
         layer_weights: ModelLayerWeights | None = None,
     ) -> jax.Array:
-        """Residual stream entering every block at prefix ``positions``: [depth, B, P, D]. No action expert runs."""
-        _, captured = self.encode_prefix(
-            obs, edit=edit, capture_positions=jnp.asarray(positions, jnp.int32), layer_weights=layer_weights
+        """Residual stream entering every block at prefix ``positions``: [depth, B, P, D]. No action expert runs.
+        With ``layer_weights`` the last block is skipped and the one before it runs only the captured rows."""
+        _, captured, _ = self._prefix_pass(
+            obs,
+            edit=edit,
+            capture_positions=jnp.asarray(positions, jnp.int32),
+            layer_weights=layer_weights,
+            capture_only=True,
         )
         return captured
 
@@ -358,15 +389,21 @@ class Pi0(nnx.Module):
     ) -> jax.Array:
         """Flow velocity v(x_t, t) from the action expert attending to the cached prefix. [B, H, action_dim].
         ``layer_weights``: the expert's per-layer weights (``Gemma.layer_weights([1])``), cut once for all steps."""
+        velocity, _ = self._velocity(obs, cache.mask, cache.kv, x_t, time, layer_weights)
+        return velocity
+
+    def _velocity(self, obs, prefix_mask, kv, x_t, time, layer_weights) -> tuple[jax.Array, KVCache | SuffixBuffers]:
+        """``velocity`` from the prefix's mask and keys/values (stacked, or ``SuffixBuffers`` with room for the
+        suffix's keys, which are then returned updated in place)."""
         suffix, suffix_mask, suffix_ar = self.embed_suffix(obs, x_t, time)
         suffix_attn = ops.make_attn_mask(suffix_mask, suffix_ar)
-        prefix_attn = jnp.repeat(cache.mask[:, None, :], suffix.shape[1], axis=1)
+        prefix_attn = jnp.repeat(prefix_mask[:, None, :], suffix.shape[1], axis=1)
         full_mask = jnp.concatenate([prefix_attn, suffix_attn], axis=-1)
-        positions = jnp.sum(cache.mask, axis=-1)[:, None] + jnp.cumsum(suffix_mask, axis=-1) - 1
-        (_, suffix_out), _, _, _ = self.PaliGemma.llm.forward(
-            [None, suffix], positions, full_mask, kv_cache=cache.kv, layer_weights=layer_weights
+        positions = jnp.sum(prefix_mask, axis=-1)[:, None] + jnp.cumsum(suffix_mask, axis=-1) - 1
+        (_, suffix_out), kv, _, _ = self.PaliGemma.llm.forward(
+            [None, suffix], positions, full_mask, kv_cache=kv, layer_weights=layer_weights
         )
-        return self.action_out_proj(suffix_out[:, -self.config.action_horizon :])
+        return self.action_out_proj(suffix_out[:, -self.config.action_horizon :]), kv
 
     def sample_actions(
         self,
@@ -398,13 +435,19 @@ class Pi0(nnx.Module):
         else:
             expert_weights = None
 
+        # With straight-line expert layers, the suffix's keys/values go into buffers carried from step to step
+        # and written in place, instead of a fresh concatenation with the prefix cache in every layer of every step.
+        kv = cache.kv if expert_weights is None else SuffixBuffers.from_cache(cache.kv, self.config.action_horizon + 1)
+
         def step(carry):
-            x_t, time = carry
-            v_t = self.velocity(obs, cache, x_t, jnp.broadcast_to(time, batch), layer_weights=expert_weights)
-            return ops.euler_update(x_t, v_t, dt), time + dt
+            x_t, time, kv = carry
+            v_t, new_kv = self._velocity(
+                obs, cache.mask, kv, x_t, jnp.broadcast_to(time, batch), layer_weights=expert_weights
+            )
+            return ops.euler_update(x_t, v_t, dt), time + dt, new_kv if expert_weights is not None else kv
 
         # The time carry accumulates t + dt in float32 exactly as openpi (1.0, 0.9, 0.79999995, ...).
-        x_0, _ = jax.lax.while_loop(lambda c: c[1] >= -dt / 2, step, (noise, 1.0))
+        x_0, _, _ = jax.lax.while_loop(lambda c: c[1] >= -dt / 2, step, (noise, 1.0, kv))
         return x_0
 
     # -------------------------------------------------------------------------------------------------- training

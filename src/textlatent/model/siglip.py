@@ -62,7 +62,8 @@ def _stacked_xavier(key, depth, shape, in_axes: int):
 
 
 class _MultiHeadAttention(nnx.Module):
-    def __init__(self, depth: int, width: int, num_heads: int, rngs: nnx.Rngs):
+    def __init__(self, depth: int, width: int, num_heads: int, rngs: nnx.Rngs, *, flash: bool = False):
+        self.flash = flash
         head_dim = width // num_heads
         for name in ("query", "key", "value"):
             kernel = _stacked_xavier(rngs.params(), depth, (width, num_heads, head_dim), in_axes=1)
@@ -76,9 +77,12 @@ class _MultiHeadAttention(nnx.Module):
         v = self.value(x, dtype=dtype)
         # flax divides q by sqrt(head_dim) rounded to the activation dtype (8.5 instead of 8.485 in bf16).
         q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-        logits = jnp.einsum("...qhd,...khd->...hqk", q, k)
-        probs = jax.nn.softmax(logits).astype(q.dtype)
-        encoded = jnp.einsum("...hqk,...khd->...qhd", probs, v)
+        if ops.flash_attention_available(self.flash, q.shape[0] * q.shape[1]):
+            encoded = ops.flash_attention(q, k, v)
+        else:
+            logits = jnp.einsum("...qhd,...khd->...hqk", q, k)
+            probs = jax.nn.softmax(logits).astype(q.dtype)
+            encoded = jnp.einsum("...hqk,...khd->...qhd", probs, v)
         return self.out(encoded, in_axes=2, dtype=dtype)
 
 
@@ -99,10 +103,12 @@ class _MlpBlock(nnx.Module):
 class EncoderBlock(nnx.Module):
     """Pre-norm ViT block; parameters stacked over depth and scanned by ``Transformer``."""
 
-    def __init__(self, config: SiglipConfig, rngs: nnx.Rngs):
+    def __init__(self, config: SiglipConfig, rngs: nnx.Rngs, *, flash_attention: bool = False):
         d = config.depth
         self.LayerNorm_0 = _LayerNorm((d, config.width))
-        self.MultiHeadDotProductAttention_0 = _MultiHeadAttention(d, config.width, config.num_heads, rngs)
+        self.MultiHeadDotProductAttention_0 = _MultiHeadAttention(
+            d, config.width, config.num_heads, rngs, flash=flash_attention
+        )
         self.LayerNorm_1 = _LayerNorm((d, config.width))
         self.MlpBlock_0 = _MlpBlock(d, config.width, config.mlp_dim, rngs)
 
@@ -112,8 +118,8 @@ class EncoderBlock(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    def __init__(self, config: SiglipConfig, rngs: nnx.Rngs):
-        self.encoderblock = EncoderBlock(config, rngs)
+    def __init__(self, config: SiglipConfig, rngs: nnx.Rngs, *, flash_attention: bool = False):
+        self.encoderblock = EncoderBlock(config, rngs, flash_attention=flash_attention)
         self.encoder_norm = _LayerNorm((config.width,))
 
     def layer_weights(self) -> EncoderWeights:
@@ -141,7 +147,16 @@ class Transformer(nnx.Module):
 class SigLIP(nnx.Module):
     """Image encoder: [B, H, W, 3] in [-1, 1] → [B, (H/p)(W/p), out_width] tokens in the model dtype."""
 
-    def __init__(self, config: SiglipConfig, *, out_width: int, num_patches: int, dtype: str, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        config: SiglipConfig,
+        *,
+        out_width: int,
+        num_patches: int,
+        dtype: str,
+        rngs: nnx.Rngs,
+        flash_attention: bool = False,
+    ):
         self.config = config
         self.dtype = jnp.dtype(dtype)
         p, w = config.patch_size, config.width
@@ -153,7 +168,7 @@ class SigLIP(nnx.Module):
         self.pos_embedding = nnx.Param(
             jax.nn.initializers.normal(1 / w**0.5)(rngs.params(), (1, num_patches, w), jnp.float32)
         )
-        self.Transformer = Transformer(config, rngs)
+        self.Transformer = Transformer(config, rngs, flash_attention=flash_attention)
         # openpi zero-initialises the head; a random head keeps freshly made models sensitive to their images.
         self.head = _Dense(
             jax.nn.initializers.lecun_normal()(rngs.params(), (w, out_width)), jnp.zeros((out_width,), jnp.float32)

@@ -22,6 +22,20 @@ def _sample(graphdef, state, rng, obs, noise, edit, layer_weights=None, *, num_s
     return model.sample_actions(rng, obs, num_steps=num_steps, noise=noise, edit=edit, layer_weights=layer_weights)
 
 
+CUBLAS_MIN_BATCH = 4
+"""From this batch size on, the compact path on a GPU compiles its matrix products for cuBLAS rather than XLA's
+Triton kernels: on an H100 cuBLAS is slower for π0 at batch 1, even at batch 2, and faster from batch 4 on
+(49.8 vs 52.4 ms a chunk at batch 8; ``benchmarks/NOTES-gpu.md``)."""
+
+
+def compiler_options(batch: int, *, compact: bool = True) -> dict | None:
+    """XLA options for a program over ``batch`` rows on this backend: the compact (fast) path on a GPU from
+    ``CUBLAS_MIN_BATCH`` rows on, cuBLAS for every matrix product; otherwise XLA's defaults (None)."""
+    if not compact or batch < CUBLAS_MIN_BATCH or jax.default_backend() != "gpu":
+        return None
+    return {"xla_gpu_enable_triton_gemm": False}
+
+
 def _with_config(model: Pi0, config) -> Pi0:
     """The same weights (shared, not copied) under another model config."""
     if config == model.config:
@@ -65,7 +79,7 @@ class Policy:
         self._graphdef, self._state = nnx.split(model)
         # Every layer's weights cut out of the stacks once, here, instead of in every call (``weights_per_layer``).
         self._layer_weights = model.layer_weights() if resolved.weights_per_layer else None
-        self._sample = jax.jit(_sample, static_argnums=(0,), static_argnames=("num_steps",))
+        self._jitted: dict = {}
         self._draw = jax.jit(_draw_noises, static_argnums=(2, 3))
 
     def prepare(self, obs: dict) -> tuple[Observation, np.ndarray, bool]:
@@ -88,7 +102,7 @@ class Policy:
         if noise is not None:
             noise = self._check_noise(noise, batch)
         model_start = time.monotonic()
-        actions = self._sample(
+        actions = self.jitted(_sample, batch, static_argnums=(0,), static_argnames=("num_steps",))(
             self._graphdef,
             self._state,
             sample_rng,
@@ -122,7 +136,8 @@ class Policy:
         """Model actions [B, H, D] (float32) for batched model inputs as returned by ``transforms.inputs``."""
         inputs = {k: v for k, v in inputs.items() if k != "batched"}
         observation = self._layout(Observation.from_dict(inputs))
-        actions = self._sample(
+        jitted = self.jitted(_sample, observation.state.shape[0], static_argnums=(0,), static_argnames=("num_steps",))
+        actions = jitted(
             self._graphdef,
             self._state,
             None,
@@ -133,6 +148,15 @@ class Policy:
             num_steps=self.config.num_steps,
         )
         return np.asarray(jax.device_get(actions))
+
+    def jitted(self, fn, batch: int, **jit_kwargs):
+        """``jax.jit(fn, **jit_kwargs)`` with the XLA options this policy uses for ``batch`` rows
+        (``compiler_options``), made once per (function, options) and kept."""
+        options = compiler_options(batch, compact=self.compact)
+        key = (fn, tuple(sorted((options or {}).items())), tuple(sorted(jit_kwargs.items())))
+        if key not in self._jitted:
+            self._jitted[key] = jax.jit(fn, compiler_options=options, **jit_kwargs)
+        return self._jitted[key]
 
     @property
     def layer_weights(self):
