@@ -328,7 +328,10 @@ def test_reconstruction_blanks_the_prompt_and_adds_the_latent(server, reference,
     import jax.numpy as jnp
 
     blank = dataclasses.replace(observation, tokenized_prompt=jnp.asarray(tokens))
-    expected_raw = reference._sample(
+    from textlatent.policy.policy import _sample
+
+    sample = reference.jitted(_sample, 1, static_argnums=(0,), static_argnames=("num_steps",))
+    expected_raw = sample(
         reference._graphdef, reference._state, None, blank, jnp.asarray(noise)[None], edit, num_steps=10
     )
     expected = reference.transforms.outputs(np.asarray(expected_raw), np.asarray(observation.state))[0]

@@ -116,10 +116,11 @@ class Pi0Config:
     """On a GPU, the prefix's attention (SigLIP's and PaliGemma's) runs as cuDNN's fused flash attention: the
     logits never go through device memory. The same function up to rounding (SigLIP's logits are then float32 where
     openpi rounds them to bf16; the softmax normalises the output instead of the probabilities). The flow steps keep
-    their matrix products. A no-op off the GPU. None: ``Policy`` turns it on with its compact layout on accelerators."""
+    their matrix products. Only for passes of ``ops.FLASH_MIN_QUERIES`` queries or more, on Hopper or newer GPUs;
+    a no-op elsewhere. None: ``Policy`` turns it on with its compact layout on accelerators."""
     weights_per_layer: bool | None = None
     """For whoever holds the model for many calls (``Policy``): cut every layer's weights (SigLIP, PaliGemma and the
-    expert, the feed-forward gate/up halves apart) out of the stacks once at load time and pass them to
+    expert; q/k/v and gate/up each laid out as one matrix, ``FusedProjections``) out of the stacks once at load time and pass them to
     ``sample_actions(..., layer_weights=Pi0.layer_weights())``, so that no call copies weights; the layers then run as
     straight-line code. The same arithmetic; costs a second copy of the layer weights in memory (+5.2 GiB for π0 in
     bf16, measured on an H100). None: ``Policy`` turns it on with its compact layout on accelerators (not on the CPU, where memory is the

@@ -85,9 +85,16 @@ queries; SigLIP 8×256) and faster from batch 8 on (4224; 16×256) (``benchmarks
 
 def flash_attention_available(wanted: bool, queries: int) -> bool:
     """Whether a layer asked for fused (flash) attention gets it for a pass of ``queries`` query rows (batch ×
-    tokens): only on a GPU, where cuDNN runs it, and only for passes of at least ``FLASH_MIN_QUERIES`` rows;
-    otherwise the layer keeps its own arithmetic (a trace-time decision)."""
-    return wanted and queries >= FLASH_MIN_QUERIES and jax.default_backend() == "gpu"
+    tokens): only on a Hopper or newer GPU (where cuDNN's kernel was measured, head dims up to 256), and only for
+    passes of at least ``FLASH_MIN_QUERIES`` rows; otherwise the layer keeps its own arithmetic (a trace-time
+    decision)."""
+    if not wanted or queries < FLASH_MIN_QUERIES or jax.default_backend() != "gpu":
+        return False
+    capability = getattr(jax.devices()[0], "compute_capability", "0")
+    try:
+        return float(capability) >= 9.0
+    except ValueError:
+        return False
 
 
 def flash_attention(q, k, v, mask=None):
