@@ -157,3 +157,16 @@ def test_batched_resizes_equal_one_by_one_in_order():
     one_by_one = np.concatenate([resize_with_pad(im[None], 56, 56) for im in images])  # < 8: the serial path
     np.testing.assert_array_equal(batched, one_by_one)
     assert not np.array_equal(batched[0], batched[1])
+
+
+def test_compact_policy_leaves_the_masked_camera_out_before_converting_it(policy):
+    obs = libero_obs(seed=12)
+    inputs = policy.transforms.inputs(obs)
+    inputs.pop("batched")
+    early = policy._observation(inputs)
+    late = policy._layout(policy.prepare(obs)[0])
+    assert early.absent_cameras == late.absent_cameras == (policy.model.config.image_keys[-1],)
+    assert set(early.images) == set(late.images)
+    for key in early.images:
+        np.testing.assert_array_equal(np.asarray(early.images[key]), np.asarray(late.images[key]))
+    np.testing.assert_array_equal(np.asarray(early.tokenized_prompt), np.asarray(late.tokenized_prompt))

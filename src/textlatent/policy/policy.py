@@ -96,7 +96,10 @@ class Policy:
         policy's key, split once per call as openpi does. ``edit`` writes into the prefix residual stream.
         """
         start = time.monotonic()
-        observation, state, batched = self.prepare(obs)
+        inputs = self.transforms.inputs(obs)
+        batched = inputs.pop("batched")
+        state = inputs["state"]
+        observation = self._observation(inputs)
         batch = state.shape[0]
         self._rng, sample_rng = jax.random.split(self._rng)
         if noise is not None:
@@ -106,7 +109,7 @@ class Policy:
             self._graphdef,
             self._state,
             sample_rng,
-            self._layout(observation),
+            observation,
             noise,
             edit,
             self._layer_weights,
@@ -135,7 +138,7 @@ class Policy:
     def run_model(self, inputs: dict, noise: np.ndarray, edit: ResidualEdit | None = None) -> np.ndarray:
         """Model actions [B, H, D] (float32) for batched model inputs as returned by ``transforms.inputs``."""
         inputs = {k: v for k, v in inputs.items() if k != "batched"}
-        observation = self._layout(Observation.from_dict(inputs))
+        observation = self._observation(inputs)
         jitted = self.jitted(_sample, observation.state.shape[0], static_argnums=(0,), static_argnames=("num_steps",))
         actions = jitted(
             self._graphdef,
@@ -171,6 +174,24 @@ class Policy:
     def model_observation(self, observation: Observation) -> Observation:
         """``observation`` in the layout the policy runs the model on (compacted unless ``compact=False``)."""
         return self._layout(observation)
+
+    def _observation(self, inputs: dict) -> Observation:
+        """The model observation of transformed inputs, in the policy's layout. With the compact layout, cameras
+        masked in every row are left out before their images are converted: nothing reads them."""
+        if self.compact:
+            masks = inputs.get("image_mask", {})
+            absent = tuple(
+                sorted(k for k, m in masks.items() if k in inputs["image"] and m is not None and not np.any(m))
+            )
+            if absent:
+                inputs = {
+                    **inputs,
+                    "image": {k: v for k, v in inputs["image"].items() if k not in absent},
+                    "image_mask": {k: v for k, v in masks.items() if k not in absent},
+                }
+                observation = Observation.from_dict(inputs).replace(absent_cameras=absent)
+                return compact_observation(observation, self.model.config.max_token_len)
+        return self._layout(Observation.from_dict(inputs))
 
     def _layout(self, observation: Observation) -> Observation:
         if not self.compact:
