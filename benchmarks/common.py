@@ -1,13 +1,15 @@
-"""What every benchmark script shares: a median timer that waits for the device, and the line that says where and on
-what a table was measured."""
+"""What every benchmark script shares: a median timer that waits for the device, a per-kernel GPU profile, and the
+line that says where and on what a table was measured."""
 
 from __future__ import annotations
 
 import datetime
+import glob
 import os
 import platform
 import statistics
 import subprocess
+import tempfile
 import time
 
 import jax
@@ -34,6 +36,38 @@ def median_ms(fn, repeats: int) -> float:
         jax.block_until_ready(fn())
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
+
+
+def kernel_times(fn, calls: int) -> tuple[float, dict[str, list]]:
+    """Profile ``calls`` calls of ``fn`` (after one warm-up): (wall ms per call, {kernel name: [GPU ms per call,
+    launches per call]}); empty when no trace was written. Kernels of XLA's fusions carry the fusion's name
+    (``gemm_fusion_dot_785`` is ``gemm_fusion_dot.785`` in the HLO)."""
+    jax.block_until_ready(fn())
+    with tempfile.TemporaryDirectory() as trace_dir:
+        jax.profiler.start_trace(trace_dir)
+        start = time.perf_counter()
+        for _ in range(calls):
+            jax.block_until_ready(fn())
+        wall = (time.perf_counter() - start) * 1000 / calls
+        jax.profiler.stop_trace()
+        files = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+        if not files:
+            return wall, {}
+        data = jax.profiler.ProfileData.from_file(files[0])
+    table: dict[str, list] = {}
+    for plane in data.planes:
+        if "gpu" not in plane.name.lower():
+            continue
+        for line in plane.lines:
+            if line.name.lower() in ("xla ops", "xla modules", "steps", "source", "tf ops", "launch stats"):
+                continue
+            for event in line.events:
+                row = table.setdefault(event.name, [0.0, 0])
+                row[0] += event.duration_ns / 1e6 / calls
+                row[1] += 1
+    for row in table.values():
+        row[1] //= calls
+    return wall, table
 
 
 def environment() -> str:

@@ -15,13 +15,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import glob
 import gzip
 import json
-import os
 import pathlib
 import sys
-import tempfile
 import time
 
 import jax
@@ -30,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from common import TINY_MODEL, environment, median_ms
+from common import TINY_MODEL, environment, kernel_times, median_ms
 from pi0_latency import libero_observation, random_params
 
 from textlatent.checkpoint import model_from_params
@@ -38,35 +35,6 @@ from textlatent.model import Pi0Config
 from textlatent.model.pi0 import compact_observation
 
 DEFAULT_OPTIONS = {"one_image_pass": True, "expert_weights_per_layer": True, "aligned_attention": False}
-
-
-def kernel_times(fn, calls: int) -> tuple[float, dict[str, list]]:
-    """(wall ms per call, {kernel name: [GPU ms per call, launches per call, kernel name]}). Kernels of XLA's
-    fusions carry the fusion's name (``gemm_fusion_dot_785`` is ``gemm_fusion_dot.785`` in the HLO)."""
-    jax.block_until_ready(fn())
-    with tempfile.TemporaryDirectory() as trace_dir:
-        jax.profiler.start_trace(trace_dir)
-        start = time.perf_counter()
-        for _ in range(calls):
-            jax.block_until_ready(fn())
-        wall = (time.perf_counter() - start) * 1000 / calls
-        jax.profiler.stop_trace()
-        files = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
-        data = jax.profiler.ProfileData.from_file(files[0])
-    table: dict[str, list] = {}
-    for plane in data.planes:
-        if "gpu" not in plane.name.lower():
-            continue
-        for line in plane.lines:
-            if line.name.lower() in ("xla ops", "xla modules", "steps", "source", "tf ops", "launch stats"):
-                continue
-            for event in line.events:
-                row = table.setdefault(event.name, [0.0, 0, event.name[:60]])
-                row[0] += event.duration_ns / 1e6 / calls
-                row[1] += 1
-    for row in table.values():
-        row[1] //= calls
-    return wall, table
 
 
 def _parse(value: str):
@@ -156,63 +124,60 @@ def main() -> None:
 
 def measure_variant(name, options, compiler, base, params, inputs, capture_obs, reference, exact, args) -> dict:
     batches = tuple(args.batches)
-    if True:
-        config = dataclasses.replace(base, **{**DEFAULT_OPTIONS, **options})
-        model = model_from_params(config, params)
-        graphdef, state = nnx.split(model)
-        weights = jax.block_until_ready(model.layer_weights())
-        full_state = (state, weights)
+    config = dataclasses.replace(base, **{**DEFAULT_OPTIONS, **options})
+    model = model_from_params(config, params)
+    graphdef, state = nnx.split(model)
+    weights = jax.block_until_ready(model.layer_weights())
+    full_state = (state, weights)
 
-        def sample(state, obs, noise, graphdef=graphdef):
-            return nnx.merge(graphdef, state[0]).sample_actions(None, obs, noise=noise, layer_weights=state[1])
+    def sample(state, obs, noise, graphdef=graphdef):
+        return nnx.merge(graphdef, state[0]).sample_actions(None, obs, noise=noise, layer_weights=state[1])
 
-        def prompt_sums(state, obs, frame_weights, graphdef=graphdef):
-            model = nnx.merge(graphdef, state[0])
-            positions = model.text_positions(jnp.arange(model.config.max_token_len))
-            states = model.prefix_residuals(obs, positions, layer_weights=state[1])
-            return jnp.einsum(
-                "lbsd,b->lsd", states.astype(jnp.float32), frame_weights, precision=jax.lax.Precision.HIGHEST
-            )
+    def prompt_sums(state, obs, frame_weights, graphdef=graphdef):
+        model = nnx.merge(graphdef, state[0])
+        positions = model.text_positions(jnp.arange(model.config.max_token_len))
+        states = model.prefix_residuals(obs, positions, layer_weights=state[1])
+        return jnp.einsum("lbsd,b->lsd", states.astype(jnp.float32), frame_weights, precision=jax.lax.Precision.HIGHEST)
 
-        jit = functools.partial(jax.jit, compiler_options=compiler or None)
-        result = {"options": options, "compiler": compiler}
-        programs = {}
-        for b in batches:
-            t0 = time.perf_counter()
-            compiled = jit(sample).lower(full_state, *inputs[b, 0]).compile()
-            result[f"compile b{b} s"] = time.perf_counter() - t0
-            programs[f"chunk_b{b}"] = (compiled, (full_state, *inputs[b, 0]))
-            result[f"chunk b{b} ms"] = median_ms(functools.partial(compiled, full_state, *inputs[b, 0]), args.repeats)
-            d_ref, d_exact, ref_exact = [], [], []
-            for seed in range(args.seeds):
-                got = np.asarray(compiled(full_state, *inputs[b, seed]), np.float64)
-                d_ref.append(np.abs(got - reference[b, seed]).max())
-                d_exact.append(np.abs(got - exact[b, seed]).max())
-                ref_exact.append(np.abs(reference[b, seed] - exact[b, seed]).max())
-            result[f"max|Δ ref| b{b}"] = max(d_ref)
-            result[f"max|Δ f32| b{b}"] = max(d_exact)
-            result[f"ref max|Δ f32| b{b}"] = max(ref_exact)
-        if not args.no_capture:
-            weights32 = jnp.ones(32, jnp.float32)
-            compiled = jit(prompt_sums).lower(full_state, capture_obs, weights32).compile()
-            programs["capture_b32"] = (compiled, (full_state, capture_obs, weights32))
-            ms = median_ms(functools.partial(compiled, full_state, capture_obs, weights32), max(5, args.repeats // 2))
-            result["capture b32 frames/s"] = 32 / ms * 1000
-        print(f"[{name}] " + ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float)), flush=True)
+    jit = functools.partial(jax.jit, compiler_options=compiler or None)
+    result = {"options": options, "compiler": compiler}
+    programs = {}
+    for b in batches:
+        t0 = time.perf_counter()
+        compiled = jit(sample).lower(full_state, *inputs[b, 0]).compile()
+        result[f"compile b{b} s"] = time.perf_counter() - t0
+        programs[f"chunk_b{b}"] = (compiled, (full_state, *inputs[b, 0]))
+        result[f"chunk b{b} ms"] = median_ms(functools.partial(compiled, full_state, *inputs[b, 0]), args.repeats)
+        d_ref, d_exact, ref_exact = [], [], []
+        for seed in range(args.seeds):
+            got = np.asarray(compiled(full_state, *inputs[b, seed]), np.float64)
+            d_ref.append(np.abs(got - reference[b, seed]).max())
+            d_exact.append(np.abs(got - exact[b, seed]).max())
+            ref_exact.append(np.abs(reference[b, seed] - exact[b, seed]).max())
+        result[f"max|Δ ref| b{b}"] = max(d_ref)
+        result[f"max|Δ f32| b{b}"] = max(d_exact)
+        result[f"ref max|Δ f32| b{b}"] = max(ref_exact)
+    if not args.no_capture:
+        weights32 = jnp.ones(32, jnp.float32)
+        compiled = jit(prompt_sums).lower(full_state, capture_obs, weights32).compile()
+        programs["capture_b32"] = (compiled, (full_state, capture_obs, weights32))
+        ms = median_ms(functools.partial(compiled, full_state, capture_obs, weights32), max(5, args.repeats // 2))
+        result["capture b32 frames/s"] = 32 / ms * 1000
+    print(f"[{name}] " + ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float)), flush=True)
 
-        if name in args.profile:
-            for program, (compiled, program_inputs) in programs.items():
-                with gzip.open(args.out / f"{name}_{program}.hlo.txt.gz", "wt") as f:
-                    f.write(compiled.as_text())
-                wall, table = kernel_times(functools.partial(compiled, *program_inputs), 3)
-                busy = sum(r[0] for r in table.values())
-                launches = sum(r[1] for r in table.values())
-                result[f"profile {program}"] = {"traced_wall_ms": wall, "busy_ms": busy, "launches": launches,
-                                                "kernels": table}  # fmt: skip
-                print(f"[{name}] {program}: traced {wall:.2f} ms, GPU busy {busy:.2f} ms in {launches} kernels")
-                for key, (kms, n, kname) in sorted(table.items(), key=lambda kv: -kv[1][0])[:12]:
-                    print(f"    {kms:7.3f} ms {n:5d}×  {key[:40]:40s} {kname}")
-        del model, state, weights, full_state, programs
+    if name in args.profile:
+        for program, (compiled, program_inputs) in programs.items():
+            with gzip.open(args.out / f"{name}_{program}.hlo.txt.gz", "wt") as f:
+                f.write(compiled.as_text())
+            wall, table = kernel_times(functools.partial(compiled, *program_inputs), 3)
+            busy = sum(r[0] for r in table.values())
+            launches = sum(r[1] for r in table.values())
+            result[f"profile {program}"] = {"traced_wall_ms": wall, "busy_ms": busy, "launches": launches,
+                                            "kernels": table}  # fmt: skip
+            print(f"[{name}] {program}: traced {wall:.2f} ms, GPU busy {busy:.2f} ms in {launches} kernels")
+            for kname, (kms, n) in sorted(table.items(), key=lambda kv: -kv[1][0])[:12]:
+                print(f"    {kms:7.3f} ms {n:5d}×  {kname[:100]}")
+    del model, state, weights, full_state, programs
     return result
 
 

@@ -13,12 +13,10 @@ import collections
 import contextlib
 import dataclasses
 import functools
-import glob
 import os
 import pathlib
 import re
 import sys
-import tempfile
 import time
 
 import jax
@@ -27,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from common import TINY_MODEL, environment, median_ms
+from common import TINY_MODEL, environment, kernel_times, median_ms
 from pi0_latency import libero_observation, random_params
 
 from textlatent.checkpoint import model_from_params
@@ -95,38 +93,15 @@ def kernel_counts(compiled_text: str) -> str:
 
 def kernel_profile(fn, calls: int, top: int) -> list[str]:
     """Sum of GPU kernel time per kernel name over ``calls`` calls of ``fn`` (after one warm-up)."""
-    jax.block_until_ready(fn())
-    with tempfile.TemporaryDirectory() as trace_dir:
-        jax.profiler.start_trace(trace_dir)
-        start = time.perf_counter()
-        for _ in range(calls):
-            jax.block_until_ready(fn())
-        wall = (time.perf_counter() - start) * 1000 / calls
-        jax.profiler.stop_trace()
-        files = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
-        if not files:
-            return ["no trace written"]
-        data = jax.profiler.ProfileData.from_file(files[0])
-    per_name, count, total, seen = collections.Counter(), collections.Counter(), 0.0, []
-    for plane in data.planes:
-        lines = list(plane.lines)
-        seen.append(f"{plane.name}: " + ", ".join(f"{line.name} ({len(list(line.events))})" for line in lines[:8]))
-        if "gpu" not in plane.name.lower():
-            continue
-        for line in lines:
-            if line.name.lower() in ("xla ops", "xla modules", "steps", "source", "tf ops", "launch stats"):
-                continue
-            for event in line.events:
-                if event.name.startswith("memcpy") and count[event.name] < 3:
-                    seen.append(f"{event.name} on {line.name}: {event.duration_ns / 1e3:.1f} us, {dict(event.stats)}")
-                ms = event.duration_ns / 1e6 / calls
-                per_name[event.name] += ms
-                count[event.name] += 1
-                total += ms
-    lines = [f"wall {wall:.2f} ms per call (traced); GPU busy {total:.2f} ms in {sum(count.values()) // calls} kernels"]
-    lines += seen if not total else [x for x in seen if x.startswith("memcpy")]
-    for name, ms in per_name.most_common(top):
-        lines.append(f"  {ms:7.3f} ms  {count[name] // calls:5d}×  {name[:110]}")
+    wall, table = kernel_times(fn, calls)
+    if not table:
+        return ["no GPU kernels traced"]
+    total = sum(ms for ms, _ in table.values())
+    lines = [
+        f"wall {wall:.2f} ms per call (traced); GPU busy {total:.2f} ms in {sum(n for _, n in table.values())} kernels"
+    ]
+    for name, (ms, n) in sorted(table.items(), key=lambda kv: -kv[1][0])[:top]:
+        lines.append(f"  {ms:7.3f} ms  {n:5d}×  {name[:110]}")
     return lines
 
 

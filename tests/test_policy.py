@@ -159,7 +159,9 @@ def test_batched_resizes_equal_one_by_one_in_order():
     assert not np.array_equal(batched[0], batched[1])
 
 
-def test_compact_policy_leaves_the_masked_camera_out_before_converting_it(policy):
+def test_compact_policy_observation_is_the_compacted_full_observation(policy):
+    # The policy leaves the masked camera out before converting images; the result must be what compacting the
+    # fully converted observation gives.
     obs = libero_obs(seed=12)
     inputs = policy.transforms.inputs(obs)
     inputs.pop("batched")

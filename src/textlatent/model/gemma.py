@@ -280,26 +280,18 @@ class Attention(nnx.Module):
             return self._project_out(xs, ops.flash_attention(q, k, v, mask), query_rows), (k, v), None
         kv_heads = self.configs[0].num_kv_heads
         q = q.reshape(b, t, kv_heads, n // kv_heads, h)
-        if self.token_major:
-            logits = jnp.einsum("BTKGH,BSKH->BKTGS", q, k, preferred_element_type=jnp.float32)
-            logits = jnp.where(mask[:, :, :, None, :], logits, ops.ATTENTION_MASK_VALUE)
-        else:
-            logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
-            logits = jnp.where(mask[:, :, None, :, :], logits, ops.ATTENTION_MASK_VALUE)
+        # Logit layout: token-major rows [B, K, T, G, S] or openpi's head-major [B, K, G, T, S].
+        scores, mask = ("BKTGS", mask[:, :, :, None, :]) if self.token_major else ("BKGTS", mask[:, :, None, :, :])
+        logits = jnp.einsum(f"BTKGH,BSKH->{scores}", q, k, preferred_element_type=jnp.float32)
+        logits = jnp.where(mask, logits, ops.ATTENTION_MASK_VALUE)
         probs_f32 = jax.nn.softmax(logits, axis=-1)
         probs = probs_f32.astype(k.dtype)
-        if self.token_major:
-            encoded = jnp.einsum("BKTGS,BSKH->BTKGH", probs, v).reshape(b, t, n, h)
-        else:
-            encoded = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(b, t, n, h)
+        encoded = jnp.einsum(f"{scores},BSKH->BTKGH", probs, v).reshape(b, t, n, h)
         queried = None
         if attention_queries is not None:
             # The float32 softmax, before the cast to the value dtype; heads in q_einsum order (kv head major).
-            if self.token_major:
-                queried = jnp.swapaxes(probs_f32[:, :, attention_queries], 2, 3)
-            else:
-                queried = probs_f32[:, :, :, attention_queries, :]
-            queried = queried.reshape(b, n, -1, k.shape[1])
+            head_major = jnp.swapaxes(probs_f32, 2, 3) if self.token_major else probs_f32
+            queried = head_major[:, :, :, attention_queries, :].reshape(b, n, -1, k.shape[1])
 
         kv_out = SuffixBuffers((k,), (v,), kv_cache.start) if isinstance(kv_cache, SuffixBuffers) else (k, v)
         return self._project_out(xs, encoded, query_rows), kv_out, queried
@@ -568,14 +560,11 @@ class Gemma(nnx.Module):
                 layer_delta = None if delta is None else delta[i]
                 xs, out = run_layer(xs, ((weights, rest), cache, layer_delta, fused))
                 outs.append(out)
-            if buffers is not None:
-                layer_buffers = [out[0] for out in outs]
-                kv_out = SuffixBuffers(
-                    tuple(b.k[0] for b in layer_buffers), tuple(b.v[0] for b in layer_buffers), buffers.start
-                )
-                outs = [(None, *out[1:]) for out in outs]
-            kv_cache, captured, attention = jax.tree.map(lambda *a: jnp.stack(a), *outs)
-            if buffers is not None:
-                kv_cache = kv_out
+            caches = [cache for cache, _, _ in outs]
+            _, captured, attention = jax.tree.map(lambda *a: jnp.stack(a), *[(None, *out[1:]) for out in outs])
+            if buffers is not None:  # each layer's updated buffers, kept per layer
+                kv_cache = SuffixBuffers(tuple(c.k[0] for c in caches), tuple(c.v[0] for c in caches), buffers.start)
+            else:
+                kv_cache = jax.tree.map(lambda *a: jnp.stack(a), *caches)
         outputs = [None if x is None else getattr(self, _suffix("final_norm", i))(x) for i, x in enumerate(xs)]
         return outputs, kv_cache, captured, attention

@@ -52,6 +52,11 @@ class Observation:
         )
 
 
+def cameras_masked_in_every_row(images: dict, masks: dict) -> tuple[str, ...]:
+    """The cameras of ``images`` whose mask is False in every row, sorted: no valid token sees them. Host masks."""
+    return tuple(sorted(k for k, m in masks.items() if k in images and m is not None and not np.any(np.asarray(m))))
+
+
 def compact_observation(obs: Observation, max_token_len: int, *, min_prompt_len: int = 16) -> Observation:
     """The same observation without the work that cannot change a valid token: cameras masked in every row are
     dropped, and prompt columns past the last valid token are cut to a bucket (min_prompt_len, 2×, …, max_token_len,
@@ -60,11 +65,7 @@ def compact_observation(obs: Observation, max_token_len: int, *, min_prompt_len:
     Valid tokens see only valid keys, so their values — and the actions — are those of the full layout up to float
     rounding (reductions over fewer exact zeros). Padding tokens attend to every key, so *their* values change: keep
     the full layout where padding states are read (the paper's fixed 9-slot window on shorter prompts)."""
-    absent = tuple(
-        key
-        for key, mask in obs.image_masks.items()
-        if key in obs.images and mask is not None and not np.any(np.asarray(mask))
-    )
+    absent = cameras_masked_in_every_row(obs.images, obs.image_masks)
     images = {k: v for k, v in obs.images.items() if k not in absent}
     masks = {k: v for k, v in obs.image_masks.items() if k not in absent}
     tokens, prompt_mask = obs.tokenized_prompt, obs.tokenized_prompt_mask

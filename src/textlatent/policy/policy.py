@@ -12,7 +12,7 @@ import numpy as np
 from flax import nnx
 
 from textlatent.model import Observation, Pi0, ResidualEdit
-from textlatent.model.pi0 import compact_observation
+from textlatent.model.pi0 import cameras_masked_in_every_row, compact_observation
 from textlatent.policy.config import PolicyConfig
 from textlatent.policy.transforms import LiberoTransforms, ObservationError
 
@@ -180,9 +180,7 @@ class Policy:
         masked in every row are left out before their images are converted: nothing reads them."""
         if self.compact:
             masks = inputs.get("image_mask", {})
-            absent = tuple(
-                sorted(k for k, m in masks.items() if k in inputs["image"] and m is not None and not np.any(m))
-            )
+            absent = cameras_masked_in_every_row(inputs["image"], masks)
             if absent:
                 inputs = {
                     **inputs,
