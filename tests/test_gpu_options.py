@@ -84,7 +84,8 @@ def test_aligned_attention_pads_the_cache_with_keys_nobody_sees(f32_model):
     assert not np.asarray(cache.mask[:, prefix:]).any()
     np.testing.assert_array_equal(np.asarray(cache.mask[:, :prefix]), np.asarray(plain.mask))
     for got, expected in zip(cache.kv, plain.kv, strict=True):
-        np.testing.assert_array_equal(np.asarray(got[:, :, :prefix]), np.asarray(expected))
+        # The same keys and values; from the second layer on, float32 sums in another order.
+        np.testing.assert_allclose(np.asarray(got[:, :, :prefix]), np.asarray(expected), rtol=1e-5, atol=1e-6)
         assert not np.asarray(got[:, :, prefix:]).any()
     # The padding keys change no velocity: the same function, in the token-major layout.
     x = jax.random.normal(jax.random.key(7), (2, model.config.action_horizon, model.config.action_dim))

@@ -286,7 +286,14 @@ class Attention(nnx.Module):
         logits = jnp.where(mask, logits, ops.ATTENTION_MASK_VALUE)
         probs_f32 = jax.nn.softmax(logits, axis=-1)
         probs = probs_f32.astype(k.dtype)
-        encoded = jnp.einsum(f"{scores},BSKH->BTKGH", probs, v).reshape(b, t, n, h)
+        if self.token_major:
+            # probs first: the product's rows come out token-major, [B, K, T, G, H], which (for one key head) is
+            # the output projection's input as it is laid out. ``jnp.einsum`` would put v first and leave a
+            # transpose that XLA then folds, slowly, into the output projection.
+            encoded = lax.dot_general(probs, v, (((4,), (1,)), ((0, 1), (0, 2))))
+            encoded = jnp.transpose(encoded, (0, 2, 1, 3, 4)).reshape(b, t, n, h)
+        else:
+            encoded = jnp.einsum(f"{scores},BSKH->BTKGH", probs, v).reshape(b, t, n, h)
         queried = None
         if attention_queries is not None:
             # The float32 softmax, before the cast to the value dtype; heads in q_einsum order (kv head major).
@@ -304,7 +311,14 @@ class Attention(nnx.Module):
                 out.append(None)
                 continue
             end = start + (x.shape[1] if query_rows is None else encoded.shape[1])
-            out.append(getattr(self, _suffix("attn_vec_einsum", i))("BTNH,NHD->BTD", encoded[:, start:end]))
+            projection = getattr(self, _suffix("attn_vec_einsum", i))
+            if self.token_major:  # one product over the flattened heads: [B, T, N·H] @ [N·H, D]
+                rows = encoded[:, start:end]
+                w = projection.w[...]
+                flat = rows.reshape(*rows.shape[:2], -1)
+                out.append(jnp.dot(flat, w.reshape(-1, w.shape[-1]).astype(flat.dtype)))
+            else:
+                out.append(projection("BTNH,NHD->BTD", encoded[:, start:end]))
             start = end
         return out
 
