@@ -104,22 +104,32 @@ def main() -> None:
 
     rows = []
 
-    def chunk_row(name, batch, run):
-        ms = median_ms(run, args.repeats)
+    def chunk_row(name, batch, ms):
         floor = f"{CHUNK_FLOOR_MS * batch / ms * 100:.0f}%" if batch == 1 else ""
         rows.append((f"sample_actions, {name}, batch {batch}", ms, f"{batch / ms * 1000:.1f} chunks/s", floor))
         return ms
+
+    def paired(run, run_tli, rounds: int = 3) -> tuple[float, float]:
+        """Median ms of a program and of its TLI twin, timed in alternating rounds (median of the rounds' medians),
+        so that a drift of the GPU's speed during the run does not land on one of the two."""
+        plain, edited = [], []
+        for _ in range(rounds):
+            plain.append(median_ms(run, args.repeats))
+            edited.append(median_ms(run_tli, args.repeats))
+        return float(np.median(plain)), float(np.median(edited))
 
     timings = {}
     for batch in (1, 8):
         full, compact, noise = inputs(batch)
         run_ref = functools.partial(ref_sample, compact, noise)
         run_fast = functools.partial(default_sample, compact, noise)
-        chunk_row("full layout", batch, functools.partial(ref_sample, full, noise))
-        base_ms = chunk_row("reference (compact)", batch, run_ref)
-        base_tli = chunk_row("reference (compact) + TLI", batch, functools.partial(run_ref, tli))
-        fast_ms = chunk_row("policy default", batch, run_fast)
-        fast_tli = chunk_row("policy default + TLI", batch, functools.partial(run_fast, tli))
+        chunk_row("full layout", batch, median_ms(functools.partial(ref_sample, full, noise), args.repeats))
+        base_ms, base_tli = paired(run_ref, functools.partial(run_ref, tli))
+        chunk_row("reference (compact)", batch, base_ms)
+        chunk_row("reference (compact) + TLI", batch, base_tli)
+        fast_ms, fast_tli = paired(run_fast, functools.partial(run_fast, tli))
+        chunk_row("policy default", batch, fast_ms)
+        chunk_row("policy default + TLI", batch, fast_tli)
         timings[batch] = (base_ms, base_tli, fast_ms, fast_tli)
 
     for batch in (1, 32, 64):
@@ -190,7 +200,7 @@ def main() -> None:
     lines = [
         f"# π0 on one GPU ({args.variant}, random bf16 weights, LIBERO layout)",
         "",
-        f"{environment()}; median of {args.repeats}",
+        f"{environment()}; median of {args.repeats} (a compact program and its TLI twin: median of 3 alternating rounds of {args.repeats})",
         "",
         "| what | median ms | rate | % of floor |",
         "|---|---|---|---|",
