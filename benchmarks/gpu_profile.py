@@ -48,12 +48,14 @@ def _parse(value: str):
 
 
 def parse_variant(spec: str) -> tuple[str, dict, dict]:
-    """``name[:key=value,...]``; keys starting with ``xla_`` are compiler options, the others Pi0Config fields."""
+    """``name[:key=value,...]``; keys starting with ``xla_`` are compiler options, the others Pi0Config fields;
+    ``a|b`` in a value stands for ``a,b``."""
     name, _, rest = spec.partition(":")
     options, compiler = {}, {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        (compiler if key.startswith("xla_") else options)[key] = _parse(value)
+        # A list value (e.g. xla_gpu_enable_command_buffer) is written with "|" between its items.
+        (compiler if key.startswith("xla_") else options)[key] = _parse(value.replace("|", ","))
     return name, options, compiler
 
 

@@ -335,3 +335,23 @@ def test_suffix_buffers_give_the_concatenated_keys_bit_for_bit(f32_model):
     np.testing.assert_array_equal(np.asarray(jnp.stack(written.v), np.float32), np.asarray(v, np.float32))
     with pytest.raises(ValueError, match="SuffixBuffers need layer_weights"):
         model._velocity(obs, cache.mask, buffers, x, time, None)
+
+
+def test_siglip_layer_weights_pad_the_hidden_width_with_units_that_add_nothing():
+    from textlatent.model.config import SiglipConfig
+    from textlatent.model.siglip import Transformer
+
+    # A hidden width (40) that is not a multiple of 32, as So400m's 4304; biases made non-zero so that a padded unit
+    # with a bias, or a misplaced pad, would show in the output.
+    encoder = Transformer(SiglipConfig(width=32, depth=2, mlp_dim=40, num_heads=2, patch_size=14), nnx.Rngs(4))
+    mlp = encoder.encoderblock.MlpBlock_0
+    for dense in (mlp.Dense_0, mlp.Dense_1):
+        dense.bias.set_value(jax.random.normal(jax.random.key(5), dense.bias[...].shape))
+    x = jax.random.normal(jax.random.key(6), (2, 8, 32))
+    padded, plain = encoder.layer_weights(), encoder.layer_weights(hidden_multiple=1)
+    shapes = {leaf.shape for leaf in padded.layers[0]}
+    assert {(32, 64), (64,), (64, 32)} <= shapes and not {(32, 40), (40,), (40, 32)} & shapes
+    assert mlp.Dense_0.kernel[...].shape == (2, 32, 40)  # the model's own parameters are left as they are
+    expected = encoder(x, jnp.float32)
+    np.testing.assert_allclose(encoder(x, jnp.float32, padded), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(encoder(x, jnp.float32, plain), expected, rtol=1e-5, atol=1e-6)
