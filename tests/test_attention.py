@@ -121,3 +121,27 @@ def test_attention_queries_must_be_1d(f32_model):
     obs = make_observation(f32_model.config, batch=1)
     with pytest.raises(ValueError, match="attention_queries must be 1-D"):
         f32_model.prefix_attention(obs, np.zeros((2, 2), np.int32))
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_token_major_layout_computes_the_same_attention_as_openpis(kv_heads):
+    # The token-major layout writes its products differently (probabilities first, then one output product over
+    # the flattened heads); with several key heads its rows need a real transpose. Same weights, same inputs.
+    from flax import nnx
+
+    from textlatent.model.config import GemmaConfig
+    from textlatent.model.gemma import Attention
+
+    config = GemmaConfig(width=16, depth=1, mlp_dim=32, num_heads=4, num_kv_heads=kv_heads, head_dim=8)
+    layouts = [Attention([config], nnx.Rngs(3), token_major=major) for major in (False, True)]
+    nnx.update(layouts[1], nnx.state(layouts[0]))
+    x = jax.random.normal(jax.random.key(4), (2, 5, 16))
+    positions = jnp.broadcast_to(jnp.arange(5), (2, 5))
+    mask = jax.random.bernoulli(jax.random.key(5), 0.7, (2, 1, 5, 5)) | jnp.eye(5, dtype=bool)
+    outs = []
+    for layer in layouts:
+        graphdef, state = nnx.split(layer)
+        sliced = jax.tree.map(lambda a: a[0], state)  # the stacked depth-1 parameters as one layer's
+        (out,), _ = nnx.merge(graphdef, sliced)([x], positions, mask, None)
+        outs.append(np.asarray(out))
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-6)
