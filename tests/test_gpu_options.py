@@ -355,3 +355,5 @@ def test_siglip_layer_weights_pad_the_hidden_width_with_units_that_add_nothing()
     expected = encoder(x, jnp.float32)
     np.testing.assert_allclose(encoder(x, jnp.float32, padded), expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(encoder(x, jnp.float32, plain), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="hidden_multiple"):
+        encoder.layer_weights(hidden_multiple=0)

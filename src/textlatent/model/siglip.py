@@ -130,6 +130,8 @@ class Transformer(nnx.Module):
     def layer_weights(self, hidden_multiple: int = HIDDEN_MULTIPLE) -> EncoderWeights:
         """The blocks cut one per layer, with the feed-forward hidden width padded with zeros to a multiple of
         ``hidden_multiple`` (see ``HIDDEN_MULTIPLE``; 1 leaves it as it is)."""
+        if hidden_multiple < 1:
+            raise ValueError(f"hidden_multiple must be a positive integer (1: no padding), got {hidden_multiple}")
         graphdef, state = nnx.split(self.encoderblock)
         hidden = state["MlpBlock_0"]["Dense_0"]["bias"][...].shape[-1]
         pad = -hidden % hidden_multiple
