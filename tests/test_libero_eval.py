@@ -232,7 +232,7 @@ def _run(tmp_path, policy, *, name="run", resume=False, trials=1, max_steps=8, *
 
     with FunctionServer(policy, metadata={"policy": "test"}) as server:
         return evaluate(
-            [Condition("libero_goal_ood")],
+            kwargs.pop("conditions", [Condition("libero_goal_ood")]),
             EvalSettings(trials=trials, tasks=(7,), max_steps=max_steps),
             address=server.url,
             run_dir=tmp_path / name,
@@ -343,3 +343,51 @@ def test_a_scripted_policy_that_solves_the_task_is_scored_success(tmp_path):
     (row,) = list(csv.DictReader((tmp_path / "run" / "episodes.csv").open()))
     assert row["success"] == "1" and int(row["steps"]) < 210  # ended on success, before the budget
     assert row["video_paths"] == "[]"  # --video failures keeps none for a success
+
+
+def test_switch_baseline_sends_a_then_b_from_halfway_through_tlis_schedule():
+    from textlatent.latents.registry import lookup
+
+    settings = EvalSettings(trials=1, tasks=(7,))
+    (job,) = plan_jobs([Condition("libero_goal_ood", "switch")], settings)
+    base = lookup(job.task.prompt)
+    assert job.steering is None and job.condition.label == "switch"
+    assert job.prompt_switch == (base.a, base.b, base.steps / 2 * 5)
+    switch_at = base.steps / 2 * 5  # the paper runner's t < N/2·5, settle steps counted in t
+    # openpi's schedule: policy calls at t = 10, 15, 20, ...; the prompt in each is A's until t reaches the switch.
+    calls = range(10, 200, 5)
+    prompts = [job.prompt_at(t) for t in calls]
+    assert prompts == [base.a if t < switch_at else base.b for t in calls] and base.a != base.b
+    assert prompts.count(base.a) == sum(t < switch_at for t in calls) > 0
+    (plain,) = plan_jobs([Condition("libero_goal_ood")], settings)
+    assert plain.prompt_switch is None and {plain.prompt_at(t) for t in calls} == {plain.task.prompt}
+    with pytest.raises(ValueError, match="OOD suites"):
+        Condition("libero_goal", "switch")
+
+
+@pytest.mark.slow
+@needs_libero
+def test_switch_baseline_requests_change_prompt_at_the_switch(tmp_path):
+    from textlatent.latents.registry import lookup
+    from textlatent.libero.evaluation import Output
+
+    prompts = []
+
+    def policy(obs):
+        prompts.append(obs["prompt"])
+        return _dummy_chunk(obs)
+
+    base = lookup(suite_tasks("libero_goal_ood")[7].prompt)
+    switch_at = base.steps / 2 * 5
+    steps = int(switch_at) + 10  # a few calls past the switch
+    report = _run(
+        tmp_path,
+        policy,
+        max_steps=steps,
+        conditions=[Condition("libero_goal_ood", "switch")],
+        output=Output(video="none"),
+    )
+    assert report.finished == 1
+    calls = [10 + 5 * i for i in range(len(prompts))]  # openpi's schedule: settle 10 steps, then every 5
+    assert prompts == [base.a if t < switch_at else base.b for t in calls]
+    assert base.a in prompts and base.b in prompts

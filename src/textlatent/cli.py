@@ -553,7 +553,7 @@ class Bddl:
 
 
 EXPERIMENTS = ("extrapolation", "reconstruction")
-SteeringChoice = Literal["none", "tli", "tei", "tei_tli", "reconstruction", "blank", "mask", "obscure"]
+SteeringChoice = Literal["none", "tli", "tei", "tei_tli", "reconstruction", "blank", "mask", "obscure", "switch"]
 SuiteChoice = Literal[
     "libero_spatial",
     "libero_object",
@@ -672,7 +672,9 @@ class Eval(PolicySource):
     """Suites to evaluate (e.g. libero_goal_ood libero_spatial_ood)."""
     steering: tuple[SteeringChoice, ...] = ("none",)
     """Conditions per suite: none (plain π0), tli/tei/tei_tli (the paper's base-task triples, OOD suites),
-    reconstruction (blank prompt + the task's own latent), blank, mask, obscure (needs --decodings)."""
+    reconstruction (blank prompt + the task's own latent), blank, mask, obscure (needs --decodings), switch (plain
+    π0 sent base task A's prompt, then B's from halfway through TLI's schedule: the paper's prompt-switching
+    baseline, OOD suites)."""
     experiment: Literal["extrapolation", "reconstruction"] | None = None
     """The paper's grids instead of --suite/--steering: extrapolation = π0, TLI, TEI, TEI+TLI on goal/spatial OOD;
     reconstruction = blank+latent, obscure prompts (layers 1–3), blank, mask on goal/spatial/object (seeded resets

@@ -8,7 +8,8 @@ so a batching server (`textlatent serve`) sees N concurrent clients.
 A condition is what the policy is asked to do: plain π0 (`none`) or a steering mode of our server (`tli`, `tei`,
 `tei_tli` with the paper's base-task triples, `reconstruction` with the task's own latent, `blank`, `mask`,
 `obscure` with a decoded prompt). Steering is sent in each request with the episode's policy-call index, so α is
-exact whatever the number of workers.
+exact whatever the number of workers. `switch` is the paper runner's prompt-switching baseline, which needs no
+steering: plain π0 is sent base task A's prompt, then base task B's from halfway through TLI's schedule.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ from textlatent.libero.sim import ALL_SUITES, OOD_SUITES, SUCCESS_CHECKS, SimTas
 
 log = logging.getLogger(__name__)
 
-STEERING_MODES = ("none", "tli", "tei", "tei_tli", "reconstruction", "blank", "mask", "obscure")
+STEERING_MODES = ("none", "tli", "tei", "tei_tli", "reconstruction", "blank", "mask", "obscure", "switch")
+BASE_TASK_MODES = ("tli", "tei", "tei_tli", "switch")  # need the paper's base tasks (A → B, N) of an OOD task
 LATENT_MODES = ("tli", "tei", "tei_tli", "reconstruction")
 VIDEO_CHOICES = ("all", "failures", "none")
 PARTIAL_VIDEOS = "videos/.partial"
@@ -72,9 +74,9 @@ class Condition:
             raise ValueError(f"unknown suite {self.suite!r}; known: {', '.join(ALL_SUITES)}")
         if self.steering not in STEERING_MODES:
             raise ValueError(f"unknown steering {self.steering!r}; choose from {', '.join(STEERING_MODES)}")
-        if self.steering in ("tli", "tei", "tei_tli") and self.suite not in OOD_SUITES:
+        if self.steering in BASE_TASK_MODES and self.suite not in OOD_SUITES:
             raise ValueError(
-                f"{self.steering} interpolates the paper's base tasks, which exist for the OOD suites "
+                f"{self.steering} goes from one of the paper's base tasks to another; they exist for the OOD suites "
                 f"({', '.join(OOD_SUITES)}), not {self.suite}"
             )
         if self.steering == "obscure" and self.obscure_layer is None:
@@ -147,6 +149,15 @@ class Job:
     steering: dict[str, Any] | None
     max_steps: int
     initial_states: str
+    prompt_switch: tuple[str, str, float] | None = None
+    """`switch`: (A's prompt, B's prompt, the env step t from which B's is sent)."""
+
+    def prompt_at(self, t: int) -> str:
+        """The prompt of the request made at env step ``t`` (openpi's counter, settle steps included)."""
+        if self.prompt_switch is None:
+            return self.task.prompt
+        before, after, switch_at = self.prompt_switch
+        return before if t < switch_at else after
 
     @property
     def env_key(self) -> tuple[str, int]:
@@ -167,7 +178,7 @@ def steering_for(condition: Condition, task: SimTask, decodings: Mapping[str, An
     from textlatent.latents.registry import lookup
 
     mode = condition.steering
-    if mode == "none":
+    if mode in ("none", "switch"):
         return None
     if mode in ("tli", "tei", "tei_tli"):
         return lookup(task.prompt).steering(mode)
@@ -207,6 +218,7 @@ def plan_jobs(
                 raise ValueError(f"{condition.suite} has tasks 0..{len(tasks) - 1}; --tasks asked for {task_id}")
             task = tasks[task_id]
             steering = steering_for(condition, task, decodings)
+            switch = prompt_switch(task, settings.replan_steps) if condition.steering == "switch" else None
             initial = settings.initial_states
             if initial == "auto":
                 initial = "fixed" if task.has_fixed_initial_states else "seeded"
@@ -225,9 +237,20 @@ def plan_jobs(
                         steering,
                         settings.steps_for(condition.suite),
                         initial,
+                        switch,
                     )
                 )
     return jobs
+
+
+def prompt_switch(task: SimTask, replan_steps: int) -> tuple[str, str, float]:
+    """The paper runner's prompt-switching baseline for an OOD task: base task A's prompt while the env step
+    t < N/2 · replan_steps, then base task B's (A, B and N of the task's TLI entry; settle steps count in t, so with
+    N = 24 the prompt changes at t = 60, the 11th policy call — before TLI's α passes ½)."""
+    from textlatent.latents.registry import lookup
+
+    base = lookup(task.prompt)
+    return base.a, base.b, base.steps / 2 * replan_steps
 
 
 def required_latents(jobs: Iterable[Job]) -> set[str]:
@@ -302,7 +325,7 @@ def run_job(env: Any, client: PolicyClient, job: Job, config: WorkerConfig) -> d
         stride = config.output.video_stride
         while not loop.finished:
             if loop.wants_policy():
-                request = policy_request(obs, job.task.prompt, config.resize)
+                request = policy_request(obs, job.prompt_at(loop.t), config.resize)
                 if job.steering is not None:
                     request["steering"] = {**job.steering, "step": loop.queries, "episode_id": job.episode_id}
                 loop.load(client.infer(request)["actions"])
