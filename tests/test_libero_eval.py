@@ -391,3 +391,22 @@ def test_switch_baseline_requests_change_prompt_at_the_switch(tmp_path):
     calls = [10 + 5 * i for i in range(len(prompts))]  # openpi's schedule: settle 10 steps, then every 5
     assert prompts == [base.a if t < switch_at else base.b for t in calls]
     assert base.a in prompts and base.b in prompts
+
+
+def test_two_prompt_probe_sends_libero_objects_two_prompts_by_task():
+    jobs = plan_jobs([Condition("libero_object", "two_prompt")], EvalSettings(trials=1))
+    assert len(jobs) == 10 and all(job.steering is None for job in jobs)
+    sent = {job.task.task_id: job.prompt_at(10) for job in jobs}
+    cheese, soup = (
+        "pick up the cream cheese and place it in the basket",
+        "pick up the alphabet soup and place it in the basket",
+    )
+    # The paper runner's split: cream cheese, bbq sauce, orange juice, salad dressing, tomato sauce get the cream
+    # cheese's prompt; alphabet soup, ketchup, butter, milk, chocolate pudding the alphabet soup's.
+    for job in jobs:
+        named = ("cream cheese", "bbq sauce", "orange juice", "salad dressing", "tomato sauce")
+        expected = cheese if any(name in job.task.prompt for name in named) else soup
+        assert sent[job.task.task_id] == expected, job.task.prompt
+    assert sent[1] == jobs[1].task.prompt == cheese and sent[0] == jobs[0].task.prompt == soup
+    with pytest.raises(ValueError, match="libero_object"):
+        Condition("libero_goal", "two_prompt")

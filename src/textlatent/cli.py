@@ -553,7 +553,9 @@ class Bddl:
 
 
 EXPERIMENTS = ("extrapolation", "reconstruction")
-SteeringChoice = Literal["none", "tli", "tei", "tei_tli", "reconstruction", "blank", "mask", "obscure", "switch"]
+SteeringChoice = Literal[
+    "none", "tli", "tei", "tei_tli", "reconstruction", "blank", "mask", "obscure", "switch", "two_prompt"
+]
 SuiteChoice = Literal[
     "libero_spatial",
     "libero_object",
@@ -674,7 +676,8 @@ class Eval(PolicySource):
     """Conditions per suite: none (plain π0), tli/tei/tei_tli (the paper's base-task triples, OOD suites),
     reconstruction (blank prompt + the task's own latent), blank, mask, obscure (needs --decodings), switch (plain
     π0 sent base task A's prompt, then B's from halfway through TLI's schedule: the paper's prompt-switching
-    baseline, OOD suites)."""
+    baseline, OOD suites), two_prompt (libero_object: each task gets one of two prompts by where its object starts,
+    the paper's probe of whether π0 picks by place or by name)."""
     experiment: Literal["extrapolation", "reconstruction"] | None = None
     """The paper's grids instead of --suite/--steering: extrapolation = π0, TLI, TEI, TEI+TLI on goal/spatial OOD;
     reconstruction = blank+latent, obscure prompts (layers 1–3), blank, mask on goal/spatial/object (seeded resets

@@ -8,8 +8,9 @@ so a batching server (`textlatent serve`) sees N concurrent clients.
 A condition is what the policy is asked to do: plain π0 (`none`) or a steering mode of our server (`tli`, `tei`,
 `tei_tli` with the paper's base-task triples, `reconstruction` with the task's own latent, `blank`, `mask`,
 `obscure` with a decoded prompt). Steering is sent in each request with the episode's policy-call index, so α is
-exact whatever the number of workers. `switch` is the paper runner's prompt-switching baseline, which needs no
-steering: plain π0 is sent base task A's prompt, then base task B's from halfway through TLI's schedule.
+exact whatever the number of workers. Two of the paper runner's conditions change only the prompt sent to plain π0:
+`switch` (base task A's prompt, then base task B's from halfway through TLI's schedule) and `two_prompt` on
+libero_object (every task gets one of two prompts, by where its object starts: does π0 pick by place or by name?).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from textlatent.libero.sim import ALL_SUITES, OOD_SUITES, SUCCESS_CHECKS, SimTas
 
 log = logging.getLogger(__name__)
 
-STEERING_MODES = ("none", "tli", "tei", "tei_tli", "reconstruction", "blank", "mask", "obscure", "switch")
+STEERING_MODES = ("none", "tli", "tei", "tei_tli", "reconstruction", "blank", "mask", "obscure", "switch", "two_prompt")
 BASE_TASK_MODES = ("tli", "tei", "tei_tli", "switch")  # need the paper's base tasks (A → B, N) of an OOD task
 LATENT_MODES = ("tli", "tei", "tei_tli", "reconstruction")
 VIDEO_CHOICES = ("all", "failures", "none")
@@ -79,6 +80,8 @@ class Condition:
                 f"{self.steering} goes from one of the paper's base tasks to another; they exist for the OOD suites "
                 f"({', '.join(OOD_SUITES)}), not {self.suite}"
             )
+        if self.steering == "two_prompt" and self.suite != "libero_object":
+            raise ValueError("two_prompt is the paper's libero_object probe; use it with --suite libero_object")
         if self.steering == "obscure" and self.obscure_layer is None:
             raise ValueError("steering obscure needs the layer whose decoded prompt to send (--obscure-layer)")
         if not self.label:
@@ -151,13 +154,15 @@ class Job:
     initial_states: str
     prompt_switch: tuple[str, str, float] | None = None
     """`switch`: (A's prompt, B's prompt, the env step t from which B's is sent)."""
+    prompt_override: str | None = None
+    """`two_prompt`: the prompt sent instead of the task's."""
 
     def prompt_at(self, t: int) -> str:
         """The prompt of the request made at env step ``t`` (openpi's counter, settle steps included)."""
-        if self.prompt_switch is None:
-            return self.task.prompt
-        before, after, switch_at = self.prompt_switch
-        return before if t < switch_at else after
+        if self.prompt_switch is not None:
+            before, after, switch_at = self.prompt_switch
+            return before if t < switch_at else after
+        return self.task.prompt if self.prompt_override is None else self.prompt_override
 
     @property
     def env_key(self) -> tuple[str, int]:
@@ -178,7 +183,7 @@ def steering_for(condition: Condition, task: SimTask, decodings: Mapping[str, An
     from textlatent.latents.registry import lookup
 
     mode = condition.steering
-    if mode in ("none", "switch"):
+    if mode in ("none", "switch", "two_prompt"):
         return None
     if mode in ("tli", "tei", "tei_tli"):
         return lookup(task.prompt).steering(mode)
@@ -219,6 +224,7 @@ def plan_jobs(
             task = tasks[task_id]
             steering = steering_for(condition, task, decodings)
             switch = prompt_switch(task, settings.replan_steps) if condition.steering == "switch" else None
+            override = two_prompt_probe(task) if condition.steering == "two_prompt" else None
             initial = settings.initial_states
             if initial == "auto":
                 initial = "fixed" if task.has_fixed_initial_states else "seeded"
@@ -238,9 +244,26 @@ def plan_jobs(
                         settings.steps_for(condition.suite),
                         initial,
                         switch,
+                        override,
                     )
                 )
     return jobs
+
+
+# The paper runner's libero_object probe (`use_only_two_prompt_for_libero_object`): the tasks whose object starts at
+# the cream cheese's place get its prompt, the others the alphabet soup's (task ids in LIBERO's order).
+TWO_PROMPTS = {
+    "pick up the cream cheese and place it in the basket": (1, 2, 3, 5, 9),
+    "pick up the alphabet soup and place it in the basket": (0, 4, 6, 7, 8),
+}
+
+
+def two_prompt_probe(task: SimTask) -> str:
+    """The prompt the two-prompt probe sends for a libero_object task."""
+    for prompt, ids in TWO_PROMPTS.items():
+        if task.suite == "libero_object" and task.task_id in ids:
+            return prompt
+    raise ValueError(f"the two-prompt probe covers libero_object tasks 0–9, not {task.suite} #{task.task_id}")
 
 
 def prompt_switch(task: SimTask, replan_steps: int) -> tuple[str, str, float]:
