@@ -98,6 +98,24 @@ def _rounded(acc, dtype):
     return acc.astype(dtype).astype(jnp.float32)
 
 
+def _normed_products(x_ref, scale_ref, first_ref, second_ref, rows_ok, width: int, dtype):
+    """``rms_norm(x) @ first`` and ``rms_norm(x) @ second`` over one block of columns each, in one pass over the
+    reduction dimension, each rounded to ``dtype`` as the layer rounds a product's output (returned as float32)."""
+    inverse = _rms_inverse(x_ref, rows_ok, width)
+
+    def body(k, accs):
+        first, second = accs
+        normed = _normed_block(x_ref, scale_ref, rows_ok, inverse, k)
+        weights = pl.ds(k * _BLOCK_K, _BLOCK_K)
+        first += jnp.dot(normed, first_ref[weights, :], preferred_element_type=jnp.float32)
+        second += jnp.dot(normed, second_ref[weights, :], preferred_element_type=jnp.float32)
+        return first, second
+
+    zeros = jnp.zeros((x_ref.shape[0], first_ref.shape[1]), jnp.float32)
+    first, second = lax.fori_loop(0, width // _BLOCK_K, body, (zeros, zeros))
+    return _rounded(first, dtype), _rounded(second, dtype)
+
+
 # ------------------------------------------------------------------------------------------------ q/k/v + rotary
 def _qkv_rope_kernel(
     x_ref, scale_ref, w_first_ref, w_second_ref, sin_ref, cos_ref, q_ref, k_ref, v_ref, *, rows, width, heads, kv_heads,
@@ -105,20 +123,8 @@ def _qkv_rope_kernel(
 ):  # fmt: skip
     head, chunk = pl.program_id(0), pl.program_id(1)
     rows_ok = jnp.arange(x_ref.shape[0]) < rows
-    inverse = _rms_inverse(x_ref, rows_ok, width)
-
-    def body(k, accs):
-        first, second = accs
-        normed = _normed_block(x_ref, scale_ref, rows_ok, inverse, k)
-        weights = pl.ds(k * _BLOCK_K, _BLOCK_K)
-        first += jnp.dot(normed, w_first_ref[weights, :], preferred_element_type=jnp.float32)
-        second += jnp.dot(normed, w_second_ref[weights, :], preferred_element_type=jnp.float32)
-        return first, second
-
-    zeros = jnp.zeros((x_ref.shape[0], block_n), jnp.float32)
-    first, second = lax.fori_loop(0, width // _BLOCK_K, body, (zeros, zeros))
     dtype = q_ref.dtype
-    first, second = _rounded(first, dtype), _rounded(second, dtype)
+    first, second = _normed_products(x_ref, scale_ref, w_first_ref, w_second_ref, rows_ok, width, dtype)
 
     # ops.apply_rope: the split halves of a head rotated in float32, then rounded; v is not rotated.
     half_columns = pl.ds(chunk * block_n, block_n)
@@ -222,21 +228,9 @@ def qkv_rope(
 
 
 # ------------------------------------------------------------------------------------------------- norm + GeGLU
-def _norm_geglu_kernel(x_ref, scale_ref, gate_ref, up_ref, out_ref, *, rows, width, block_n):
+def _norm_geglu_kernel(x_ref, scale_ref, gate_ref, up_ref, out_ref, *, rows, width):
     rows_ok = jnp.arange(x_ref.shape[0]) < rows
-    inverse = _rms_inverse(x_ref, rows_ok, width)
-
-    def body(k, accs):
-        gate, up = accs
-        normed = _normed_block(x_ref, scale_ref, rows_ok, inverse, k)
-        weights = pl.ds(k * _BLOCK_K, _BLOCK_K)
-        gate += jnp.dot(normed, gate_ref[weights, :], preferred_element_type=jnp.float32)
-        up += jnp.dot(normed, up_ref[weights, :], preferred_element_type=jnp.float32)
-        return gate, up
-
-    zeros = jnp.zeros((x_ref.shape[0], block_n), jnp.float32)
-    gate, up = lax.fori_loop(0, width // _BLOCK_K, body, (zeros, zeros))
-    gate, up = _rounded(gate, out_ref.dtype), _rounded(up, out_ref.dtype)
+    gate, up = _normed_products(x_ref, scale_ref, gate_ref, up_ref, rows_ok, width, out_ref.dtype)
     # ops.gelu (tanh form), in float32 on the rounded gate, times the rounded up projection.
     activated = 0.5 * gate * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (gate + 0.044715 * gate * gate * gate)))
     plgpu.store(out_ref, (activated * up).astype(out_ref.dtype), mask=rows_ok[:, None])
@@ -263,7 +257,7 @@ def norm_geglu(
     row_block = _row_block(rows)
     blocks = hidden // block_n
     return pl.pallas_call(
-        _kernel(_norm_geglu_kernel, rows=rows, width=width, block_n=block_n),
+        _kernel(_norm_geglu_kernel, rows=rows, width=width),
         grid=(blocks,),
         in_specs=[
             pl.BlockSpec((row_block, width), lambda j: (0, 0)),
