@@ -152,11 +152,26 @@ def test_batched_resizes_equal_one_by_one_in_order():
     from textlatent.policy.transforms import resize_with_pad
 
     rng = np.random.default_rng(2)
-    images = rng.integers(0, 256, (9, 30, 50, 3), dtype=np.uint8)  # ≥ 8: the threaded path
+    images = rng.integers(0, 256, (9, 30, 50, 3), dtype=np.uint8)  # several images: the threaded path
     batched = resize_with_pad(images, 56, 56)
-    one_by_one = np.concatenate([resize_with_pad(im[None], 56, 56) for im in images])  # < 8: the serial path
+    one_by_one = np.concatenate([resize_with_pad(im[None], 56, 56) for im in images])  # one image: the serial path
     np.testing.assert_array_equal(batched, one_by_one)
     assert not np.array_equal(batched[0], batched[1])
+
+
+def test_cameras_resized_together_equal_each_camera_alone():
+    from textlatent.policy.transforms import resize_all_with_pad, resize_with_pad
+
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
+    wrist = rng.integers(0, 256, (2, 30, 60, 3), dtype=np.uint8)
+    at_size = rng.integers(0, 256, (2, 56, 56, 3), dtype=np.uint8)  # left as it is
+    got = resize_all_with_pad([base, at_size, wrist], 56, 56)
+    expected = [resize_with_pad(a, 56, 56) for a in (base, at_size, wrist)]
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(g, e)
+    assert got[1] is at_size
+    np.testing.assert_array_equal(resize_all_with_pad([base[0]], 56, 56)[0], expected[0][0])  # unbatched
 
 
 def test_compact_policy_observation_is_the_compacted_full_observation(policy):

@@ -26,8 +26,8 @@ from flax import nnx
 import textlatent
 from textlatent.latents.latent import LatentFileError, TextLatent
 from textlatent.model import Observation
-from textlatent.model.pi0 import compact_observation
 from textlatent.policy import Policy
+from textlatent.policy.policy import observation_from_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +63,10 @@ class LatentCapture:
         self.policy = policy
         self.batch_size = batch_size
         self.exact_padding = exact_padding
-        self._graphdef, self._state = nnx.split(policy.model)
-        # The policy's XLA options for this batch size (on a GPU, cuBLAS for large batches).
-        self._sums = policy.jitted(_prompt_sums, batch_size, static_argnums=(0,))
+        self._state = policy.model_split[1]
+        # The policy's XLA options for this batch size (on a GPU, cuBLAS for large batches); the model's graphdef
+        # bound in, not hashed as a static argument in every call.
+        self._sums = policy.jitted(policy.bound(_prompt_sums), batch_size)
         self.running: dict[str, _Running] = {}
 
     def add(self, request: dict) -> int:
@@ -84,10 +85,9 @@ class LatentCapture:
         padded = np.concatenate([rows, np.full(self.batch_size - len(rows), rows[0])])
         weights = (np.arange(self.batch_size) < len(rows)).astype(np.float32)
         batch = jax.tree.map(lambda x: x[padded], inputs)
-        observation = Observation.from_dict(batch)
-        if not self.exact_padding:
-            observation = compact_observation(observation, self.policy.model.config.max_token_len)
-        sums = self._sums(self._graphdef, self._state, observation, jnp.asarray(weights), self.policy.layer_weights)
+        max_token_len = self.policy.model.config.max_token_len
+        observation = observation_from_inputs(batch, max_token_len, compact=not self.exact_padding)
+        sums = self._sums(self._state, observation, jnp.asarray(weights), self.policy.layer_weights)
         entry = self.running.get(prompt)
         if entry is None:
             mask = batch["tokenized_prompt_mask"][0]

@@ -75,14 +75,25 @@ def _parse_image(name: str, image, batched: bool) -> np.ndarray:
 def resize_with_pad(images: np.ndarray, height: int, width: int) -> np.ndarray:
     """openpi-client's PIL resize (bilinear, aspect kept, black padding) for uint8 [..., h, w, 3]; no-op at size.
     Batches are resized on a few threads (PIL releases the GIL while it resizes); each image is computed the same."""
-    if images.shape[-3:-1] == (height, width):
-        return images
-    flat = images.reshape(-1, *images.shape[-3:])
-    if len(flat) >= 8:
-        out = list(_resize_pool().map(lambda im: _resize_one(im, height, width), flat))
+    return resize_all_with_pad([images], height, width)[0]
+
+
+def resize_all_with_pad(arrays: list[np.ndarray], height: int, width: int) -> list[np.ndarray]:
+    """``resize_with_pad`` of several cameras' arrays at once: all their images share the thread pool, so even one
+    request's two cameras are resized side by side."""
+    todo = [i for i, a in enumerate(arrays) if a.shape[-3:-1] != (height, width)]
+    flat = [im for i in todo for im in arrays[i].reshape(-1, *arrays[i].shape[-3:])]
+    if len(flat) >= 2 and (os.cpu_count() or 1) > 1:
+        resized = list(_resize_pool().map(lambda im: _resize_one(im, height, width), flat))
     else:
-        out = [_resize_one(im, height, width) for im in flat]
-    return np.stack(out).reshape(*images.shape[:-3], height, width, images.shape[-1])
+        resized = [_resize_one(im, height, width) for im in flat]
+    out, start = list(arrays), 0
+    for i in todo:
+        a = arrays[i]
+        count = int(np.prod(a.shape[:-3], dtype=np.int64))
+        out[i] = np.stack(resized[start : start + count]).reshape(*a.shape[:-3], height, width, a.shape[-1])
+        start += count
+    return out
 
 
 def _resize_one(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -217,8 +228,7 @@ class LiberoTransforms:
         padded = _pad(normalized, self.model_action_dim, 0.0)
 
         height, width = self.image_resolution
-        base = resize_with_pad(base, height, width)
-        wrist = resize_with_pad(wrist, height, width)
+        base, wrist = resize_all_with_pad([base, wrist], height, width)
         tokens, masks = zip(*(self.tokenizer.tokenize(p) for p in prompts), strict=True)
         b = base.shape[0]
         first, second, third = self.image_keys
