@@ -25,9 +25,36 @@ from textlatent.latents.capture import LatentCapture
 from textlatent.policy.policy import _sample
 
 
+def pixel_table_check() -> str:
+    """Whether ``Policy``'s in-program table lookup gives the eager conversion's bits on this device, for every uint8
+    value in images of three shapes; and how many values XLA's fused arithmetic would change."""
+    from textlatent.model import Observation
+
+    try:
+        from textlatent.model.pi0 import lookup_pixel_values, uint8_pixel_values, uint8_to_unit_range
+    except ImportError:  # an older tree (a before/after comparison) converts images eagerly
+        return "pixel table: not in this tree (images converted by eager operations)"
+
+    rng = np.random.default_rng(0)
+    ramp = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=-1)
+    images = [ramp] + [rng.integers(0, 256, shape).astype(np.uint8) for shape in ((2, 37, 23, 3), (1, 224, 224, 3))]
+    obs = Observation(images=dict(enumerate(images)), image_masks={}, state=np.zeros((1, 4), np.float32))
+    looked_up = jax.jit(lookup_pixel_values)(obs, uint8_pixel_values())
+    same = all(
+        np.array_equal(np.asarray(looked_up.images[i]).view(np.uint32),
+                       np.asarray(uint8_to_unit_range(image)).view(np.uint32))
+        for i, image in enumerate(images)
+    )  # fmt: skip
+    fused = jax.jit(lambda x: x.astype(np.float32) / 255.0 * 2.0 - 1.0)(ramp)
+    changed = int((np.asarray(fused) != np.asarray(uint8_to_unit_range(ramp))).sum())
+    return f"pixel table lookup gives the eager conversion's bits: {same}; fused arithmetic changes {changed} of 768"
+
+
 def host_breakdown(policy, request: dict, repeats: int) -> None:
     """Median ms of each step ``Policy.infer`` takes for one request, in its order, printed."""
-    program = policy.jitted(policy.bound(_sample), 1, static_argnames=("num_steps",))
+    from textlatent.policy.policy import _sample_and_advance
+
+    program = policy.jitted(policy.bound(_sample_and_advance), 1, static_argnames=("num_steps",))
     steps: dict[str, list[float]] = {}
 
     def timed(name, fn):
@@ -36,15 +63,14 @@ def host_breakdown(policy, request: dict, repeats: int) -> None:
         steps.setdefault(name, []).append((time.perf_counter() - start) * 1000)
         return out
 
+    key = jax.random.key(0)
     for i in range(repeats + 2):
         inputs = timed("transforms.inputs", lambda: policy.transforms.inputs(request))
         inputs.pop("batched")
-        observation = timed("model observation (image conversion)", lambda i=inputs: policy._observation(i))
-        seed = jax.random.key(i)
-        key = timed("key split", lambda k=seed: jax.random.split(k)[1])
+        observation = timed("model observation", lambda i=inputs: policy._observation(i, convert_uint8=False))
         call = functools.partial(program, policy.model_split[1], key, observation, None, None, policy.layer_weights,
-                                 num_steps=policy.config.num_steps)  # fmt: skip
-        actions = timed("dispatch of the program", call)
+                                 policy._pixel_values, num_steps=policy.config.num_steps)  # fmt: skip
+        actions, key = timed("dispatch of the program", call)
         timed("device work not overlapped", lambda a=actions: jax.block_until_ready(a))
         host = timed("actions to the host", lambda a=actions: np.asarray(jax.device_get(a)))
         timed("transforms.outputs", lambda h=host, i=inputs: policy.transforms.outputs(h, i["state"]))
@@ -62,6 +88,8 @@ def main() -> None:
     parser.add_argument("--out", type=pathlib.Path)
     args = parser.parse_args()
 
+    check = pixel_table_check()
+    print(check, flush=True)
     policy = build_policy(args.variant)
     if args.breakdown:
         host_breakdown(policy, {k: v[0] for k, v in frames(1).items()}, args.repeats)
@@ -77,8 +105,13 @@ def main() -> None:
         # The same program alone, its inputs already on the device: the rest of infer is host work.
         inputs = policy.transforms.inputs(request)
         inputs.pop("batched")
-        observation = policy._observation(inputs)
+        # As infer runs it: uint8 images converted inside the program where the policy does that (this code).
+        in_program = hasattr(policy, "_pixel_values")
+        observation = policy._observation(inputs, convert_uint8=False) if in_program else policy._observation(inputs)
+        observation = jax.device_put(observation)
         head = (policy.model_split[1], jax.random.key(0), observation, None, None, policy.layer_weights)
+        if in_program:
+            head = (*head, policy._pixel_values)
         if hasattr(policy, "bound"):
             program = policy.jitted(policy.bound(_sample), batch, static_argnames=("num_steps",))
         else:  # older trees (a before/after comparison): the graphdef is a static argument
@@ -111,6 +144,8 @@ def main() -> None:
         f"# The policy end to end ({args.variant} π0, random bf16 weights, LIBERO requests of 256×256 frames)",
         "",
         f"{environment()}; median of {args.repeats} after warm-up; model options as resolved by the policy: {options}",
+        "",
+        check,
         "",
         "| what | median ms (per call) | rate |",
         "|---|---|---|",

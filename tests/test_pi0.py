@@ -231,3 +231,33 @@ def test_unrolled_layers_compute_the_same(f32_model):
         rtol=1e-5,
         atol=1e-5,
     )
+
+
+def test_pixel_value_table_converts_uint8_images_as_the_eager_operations_bit_for_bit():
+    from textlatent.model import Observation
+    from textlatent.model.pi0 import lookup_pixel_values, uint8_pixel_values, uint8_to_unit_range
+
+    table = uint8_pixel_values()
+    assert table.shape == (256,) and table.dtype == jnp.float32
+    # Every uint8 value, in images of several shapes (the eager operations' vector loops differ with the shape).
+    rng = np.random.default_rng(0)
+    ramp = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=-1)
+    images = [ramp, rng.integers(0, 256, (2, 37, 23, 3), dtype=np.uint8), rng.integers(0, 256, (1, 224, 224, 3))]
+    images[2] = images[2].astype(np.uint8)
+    obs = Observation(
+        images={str(i): image for i, image in enumerate(images)}, image_masks={}, state=np.zeros((1, 4), np.float32)
+    )
+    looked_up = jax.jit(lookup_pixel_values)(obs, table)
+    for i, image in enumerate(images):
+        eager = np.asarray(uint8_to_unit_range(image))
+        np.testing.assert_array_equal(np.asarray(looked_up.images[str(i)]).view(np.uint32), eager.view(np.uint32))
+    # The arithmetic compiled into one program instead rounds some values differently: why the table exists.
+    fused = jax.jit(lambda x: x.astype(jnp.float32) / 255.0 * 2.0 - 1.0)(ramp)
+    assert jax.default_backend() != "cpu" or not np.array_equal(
+        np.asarray(fused), np.asarray(uint8_to_unit_range(ramp))
+    )
+    # Float images pass through; from_dict keeps uint8 images when asked to.
+    floats = {"f": np.zeros((1, 4, 4, 3), np.float32)}
+    assert lookup_pixel_values(Observation(images=floats, image_masks={}, state=None), table).images["f"] is floats["f"]
+    kept = Observation.from_dict({"image": {"a": ramp}, "state": np.zeros((1, 4))}, convert_uint8=False)
+    assert kept.images["a"] is ramp

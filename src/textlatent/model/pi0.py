@@ -32,16 +32,17 @@ class Observation:
     so each layout compiles once."""
 
     @classmethod
-    def from_dict(cls, data: dict) -> Observation:
-        """openpi's dict form: ``image``, ``image_mask``, ``state``, ``tokenized_prompt``, ``tokenized_prompt_mask``."""
+    def from_dict(cls, data: dict, *, convert_uint8: bool = True) -> Observation:
+        """openpi's dict form: ``image``, ``image_mask``, ``state``, ``tokenized_prompt``, ``tokenized_prompt_mask``.
+
+        ``convert_uint8=False`` keeps uint8 images as they are, for a compiled caller that converts them itself
+        with ``lookup_pixel_values`` (the same values, without the eager operations here)."""
         if ("tokenized_prompt" in data) != ("tokenized_prompt_mask" in data):
             raise ValueError("tokenized_prompt and tokenized_prompt_mask must be provided together")
         images = {}
         for key, image in data["image"].items():
-            if image.dtype == np.uint8:
-                # As openpi: eager JAX ops, /255 then *2 then -1 in float32. (NumPy rounds x/255 differently from
-                # XLA, which would move bf16 results by an ulp.)
-                image = jnp.asarray(image).astype(jnp.float32) / 255.0 * 2.0 - 1.0
+            if image.dtype == np.uint8 and convert_uint8:
+                image = uint8_to_unit_range(image)
             images[key] = image
         return cls(
             images=images,
@@ -50,6 +51,27 @@ class Observation:
             tokenized_prompt=data.get("tokenized_prompt"),
             tokenized_prompt_mask=data.get("tokenized_prompt_mask"),
         )
+
+
+def uint8_to_unit_range(image) -> jax.Array:
+    """uint8 → float32 in [-1, 1] as openpi converts images: eager JAX ops, /255 then *2 then -1, each rounded to
+    float32 on the default device. (NumPy rounds x/255 differently, and XLA, compiling the three into one fused
+    operation, differently again: either would move bf16 results by an ulp.)"""
+    return jnp.asarray(image).astype(jnp.float32) / 255.0 * 2.0 - 1.0
+
+
+def uint8_pixel_values() -> jax.Array:
+    """float32 [256]: ``uint8_to_unit_range`` of every uint8 value, computed by those same eager operations. Each of
+    them gives an element the same value whatever the array around it, so looking images up in this table
+    (``lookup_pixel_values``, inside a compiled program) reproduces the eager conversion bit for bit, which putting
+    the arithmetic itself into the program does not."""
+    return uint8_to_unit_range(np.arange(256, dtype=np.uint8))
+
+
+def lookup_pixel_values(obs: Observation, pixel_values: jax.Array) -> Observation:
+    """``obs`` with its uint8 images converted through ``uint8_pixel_values()`` (float images are kept)."""
+    images = {k: pixel_values[v] if v.dtype == jnp.uint8 else v for k, v in obs.images.items()}
+    return obs.replace(images=images)
 
 
 def cameras_masked_in_every_row(images: dict, masks: dict) -> tuple[str, ...]:

@@ -13,14 +13,31 @@ import numpy as np
 from flax import nnx
 
 from textlatent.model import Observation, Pi0, ResidualEdit
-from textlatent.model.pi0 import cameras_masked_in_every_row, compact_observation
+from textlatent.model.pi0 import (
+    cameras_masked_in_every_row,
+    compact_observation,
+    lookup_pixel_values,
+    uint8_pixel_values,
+)
 from textlatent.policy.config import PolicyConfig
 from textlatent.policy.transforms import LiberoTransforms, ObservationError
 
 
-def _sample(graphdef, state, rng, obs, noise, edit, layer_weights=None, *, num_steps):
+def _sample(graphdef, state, rng, obs, noise, edit, layer_weights=None, pixel_values=None, *, num_steps):
+    """``sample_actions`` of the model; ``pixel_values``: ``uint8_pixel_values()`` when ``obs`` holds uint8 images."""
+    if pixel_values is not None:
+        obs = lookup_pixel_values(obs, pixel_values)
     model = nnx.merge(graphdef, state)
     return model.sample_actions(rng, obs, num_steps=num_steps, noise=noise, edit=edit, layer_weights=layer_weights)
+
+
+def _sample_and_advance(graphdef, state, key, obs, noise, edit, layer_weights, pixel_values, *, num_steps):
+    """``infer``'s program: split the policy key as openpi does per call (the second half draws the noise when none
+    is given), sample, and return (actions, the key for the next call). The split runs here rather than as an
+    eager operation before the call: the same bits, one dispatch less."""
+    key, sample_key = jax.random.split(key)
+    actions = _sample(graphdef, state, sample_key, obs, noise, edit, layer_weights, pixel_values, num_steps=num_steps)
+    return actions, key
 
 
 CUBLAS_MIN_BATCH = 4
@@ -83,6 +100,9 @@ class Policy:
         self._jitted: dict = {}
         self._bound: dict = {}
         self._draw = jax.jit(_draw_noises, static_argnums=(2, 3))
+        # uint8 images go into the sampling program and are converted there by table lookup (the same bits as
+        # openpi's eager conversion, without a dispatch per operation and camera, and a quarter of the transfer).
+        self._pixel_values = uint8_pixel_values()
 
     def prepare(self, obs: dict) -> tuple[Observation, np.ndarray, bool]:
         """Validate and transform a request: (model observation, float32 normalized state [B, 32], batched?)."""
@@ -101,19 +121,19 @@ class Policy:
         inputs = self.transforms.inputs(obs)
         batched = inputs.pop("batched")
         state = inputs["state"]
-        observation = self._observation(inputs)
+        observation = self._observation(inputs, convert_uint8=False)
         batch = state.shape[0]
-        self._rng, sample_rng = jax.random.split(self._rng)
         if noise is not None:
             noise = self._check_noise(noise, batch)
         model_start = time.monotonic()
-        actions = self.jitted(self.bound(_sample), batch, static_argnames=("num_steps",))(
+        actions, self._rng = self.jitted(self.bound(_sample_and_advance), batch, static_argnames=("num_steps",))(
             self._state,
-            sample_rng,
+            self._rng,
             observation,
             noise,
             edit,
             self._layer_weights,
+            self._pixel_values,
             num_steps=self.config.num_steps,
         )
         actions = np.asarray(jax.device_get(actions))  # waits for the device: the timing below is the real one
@@ -139,7 +159,7 @@ class Policy:
     def run_model(self, inputs: dict, noise: np.ndarray, edit: ResidualEdit | None = None) -> np.ndarray:
         """Model actions [B, H, D] (float32) for batched model inputs as returned by ``transforms.inputs``."""
         inputs = {k: v for k, v in inputs.items() if k != "batched"}
-        observation = self._observation(inputs)
+        observation = self._observation(inputs, convert_uint8=False)
         jitted = self.jitted(self.bound(_sample), observation.state.shape[0], static_argnames=("num_steps",))
         actions = jitted(
             self._state,
@@ -148,6 +168,7 @@ class Policy:
             jnp.asarray(noise, jnp.float32),
             edit,
             self._layer_weights,
+            self._pixel_values,
             num_steps=self.config.num_steps,
         )
         return np.asarray(jax.device_get(actions))
@@ -183,9 +204,11 @@ class Policy:
         """``observation`` in the layout the policy runs the model on (compacted unless ``compact=False``)."""
         return self._layout(observation)
 
-    def _observation(self, inputs: dict) -> Observation:
+    def _observation(self, inputs: dict, *, convert_uint8: bool = True) -> Observation:
         """The model observation of transformed inputs, in the policy's layout (``observation_from_inputs``)."""
-        return observation_from_inputs(inputs, self.model.config.max_token_len, compact=self.compact)
+        return observation_from_inputs(
+            inputs, self.model.config.max_token_len, compact=self.compact, convert_uint8=convert_uint8
+        )
 
     def _layout(self, observation: Observation) -> Observation:
         if not self.compact:
@@ -206,12 +229,15 @@ class Policy:
         return jnp.asarray(noise, jnp.float32)
 
 
-def observation_from_inputs(inputs: dict, max_token_len: int, *, compact: bool) -> Observation:
+def observation_from_inputs(
+    inputs: dict, max_token_len: int, *, compact: bool, convert_uint8: bool = True
+) -> Observation:
     """The model observation of transformed inputs (``transforms.inputs``, without ``batched``): with ``compact``,
     in the compact layout (``compact_observation``), cameras masked in every row left out *before* their images
-    are converted (nothing reads them: one conversion and transfer less); otherwise openpi's full layout."""
+    are converted (nothing reads them: one conversion and transfer less); otherwise openpi's full layout.
+    ``convert_uint8``: as ``Observation.from_dict``."""
     if not compact:
-        return Observation.from_dict(inputs)
+        return Observation.from_dict(inputs, convert_uint8=convert_uint8)
     masks = inputs.get("image_mask", {})
     absent = cameras_masked_in_every_row(inputs["image"], masks)
     if absent:
@@ -220,7 +246,7 @@ def observation_from_inputs(inputs: dict, max_token_len: int, *, compact: bool) 
             "image": {k: v for k, v in inputs["image"].items() if k not in absent},
             "image_mask": {k: v for k, v in masks.items() if k not in absent},
         }
-    observation = Observation.from_dict(inputs).replace(absent_cameras=absent)
+    observation = Observation.from_dict(inputs, convert_uint8=convert_uint8).replace(absent_cameras=absent)
     return compact_observation(observation, max_token_len)
 
 
