@@ -261,3 +261,19 @@ def test_pixel_value_table_converts_uint8_images_as_the_eager_operations_bit_for
     assert lookup_pixel_values(Observation(images=floats, image_masks={}, state=None), table).images["f"] is floats["f"]
     kept = Observation.from_dict({"image": {"a": ramp}, "state": np.zeros((1, 4))}, convert_uint8=False)
     assert kept.images["a"] is ramp
+
+
+@pytest.mark.parametrize("num_steps", [1, 2, 3, 7, 10, 25, 64, 100])
+def test_euler_steps_counts_the_iterations_of_openpis_while_loop(num_steps):
+    from textlatent.model.pi0 import euler_steps
+
+    # openpi's loop itself, run by JAX: a float32 time carry, t + dt, while t >= -dt / 2.
+    dt = -1.0 / num_steps
+    count, _ = jax.lax.while_loop(lambda c: c[1] >= -dt / 2, lambda c: (c[0] + 1, c[1] + dt), (0, 1.0))
+    assert euler_steps(num_steps) == int(count) == num_steps
+    # From a time on the grid (the inversion's reconstruction starts there), as the same loop would count.
+    start = float(np.float32(1.0) + np.float32(dt) * 3) if num_steps > 3 else 1.0
+    count, _ = jax.lax.while_loop(lambda c: c[1] >= -dt / 2, lambda c: (c[0] + 1, c[1] + dt), (0, start))
+    assert euler_steps(num_steps, start) == int(count)
+    with pytest.raises(ValueError, match="num_steps"):
+        euler_steps(0)
