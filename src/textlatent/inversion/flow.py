@@ -32,7 +32,7 @@ from flax import nnx, struct
 
 from textlatent.model import ops
 from textlatent.model.intervention import ResidualEdit
-from textlatent.model.pi0 import Observation, Pi0, PrefixCache
+from textlatent.model.pi0 import Observation, Pi0, PrefixCache, euler_steps
 
 Method = Literal["naive", "fixed_point"]
 METHODS: tuple[str, ...] = ("naive", "fixed_point")
@@ -233,8 +233,9 @@ def reconstruct(
         return ops.euler_update(x_t, v_t, dt), time + dt
 
     # The sampler's loop and carry verbatim, started at a grid time given as a Python float (as its 1.0): the float32
-    # accumulation from there visits the same times it does.
-    actions, _ = jax.lax.while_loop(lambda c: c[1] >= -dt / 2, step, (noise, float(time_grid(num_steps)[first])))
+    # accumulation from there visits the same times it does, as many as openpi's condition allows (``euler_steps``).
+    start = float(time_grid(num_steps)[first])
+    actions, _ = jax.lax.fori_loop(0, euler_steps(num_steps, start), lambda _, c: step(c), (noise, start))
     return actions
 
 
