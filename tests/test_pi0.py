@@ -264,16 +264,20 @@ def test_pixel_value_table_converts_uint8_images_as_the_eager_operations_bit_for
 
 
 @pytest.mark.parametrize("num_steps", [1, 2, 3, 7, 10, 25, 64, 100])
-def test_euler_steps_counts_the_iterations_of_openpis_while_loop(num_steps):
-    from textlatent.model.pi0 import euler_steps
+def test_sampling_times_are_the_iterations_of_openpis_while_loop(num_steps):
+    from textlatent.model.pi0 import sampling_times
 
-    # openpi's loop itself, run by JAX: a float32 time carry, t + dt, while t >= -dt / 2.
+    # openpi's loop itself, run by JAX: a float32 time carry, t + dt, while t >= -dt / 2; each time recorded.
     dt = -1.0 / num_steps
-    count, _ = jax.lax.while_loop(lambda c: c[1] >= -dt / 2, lambda c: (c[0] + 1, c[1] + dt), (0, 1.0))
-    assert euler_steps(num_steps) == int(count) == num_steps
-    # From a time on the grid (the inversion's reconstruction starts there), as the same loop would count.
-    start = float(np.float32(1.0) + np.float32(dt) * 3) if num_steps > 3 else 1.0
-    count, _ = jax.lax.while_loop(lambda c: c[1] >= -dt / 2, lambda c: (c[0] + 1, c[1] + dt), (0, start))
-    assert euler_steps(num_steps, start) == int(count)
+    times = np.full(num_steps + 2, np.nan, np.float32)
+
+    def body(c):
+        count, t, seen = c
+        return count + 1, t + dt, seen.at[count].set(t)
+
+    count, _, seen = jax.lax.while_loop(lambda c: c[1] >= -dt / 2, body, (0, 1.0, jnp.asarray(times)))
+    got = sampling_times(num_steps)
+    assert len(got) == int(count) == num_steps
+    np.testing.assert_array_equal(got, np.asarray(seen)[: int(count)])
     with pytest.raises(ValueError, match="num_steps"):
-        euler_steps(0)
+        sampling_times(0)

@@ -32,7 +32,7 @@ from flax import nnx, struct
 
 from textlatent.model import ops
 from textlatent.model.intervention import ResidualEdit
-from textlatent.model.pi0 import Observation, Pi0, PrefixCache, euler_steps
+from textlatent.model.pi0 import Observation, Pi0, PrefixCache, sampling_times
 
 Method = Literal["naive", "fixed_point"]
 METHODS: tuple[str, ...] = ("naive", "fixed_point")
@@ -52,13 +52,7 @@ def time_grid(num_steps: int) -> np.ndarray:
     ``naive`` inversion evaluates the velocity at the actions at t = 0.0 there, as the reference implementation did."""
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
-    dt = np.float32(-1.0 / num_steps)
-    stop = np.float32(1.0 / num_steps / 2)  # the sampler's loop condition t ≥ -dt/2, compared in float32
-    times, t = [], np.float32(1.0)
-    while t >= stop:
-        times.append(t)
-        t = np.float32(t + dt)
-    grid = np.asarray([*times, 0.0], np.float32)
+    grid = np.asarray([*sampling_times(num_steps), 0.0], np.float32)
     grid.flags.writeable = False
     return grid
 
@@ -233,9 +227,9 @@ def reconstruct(
         return ops.euler_update(x_t, v_t, dt), time + dt
 
     # The sampler's loop and carry verbatim, started at a grid time given as a Python float (as its 1.0): the float32
-    # accumulation from there visits the same times it does, as many as openpi's condition allows (``euler_steps``).
-    start = float(time_grid(num_steps)[first])
-    actions, _ = jax.lax.fori_loop(0, euler_steps(num_steps, start), lambda _, c: step(c), (noise, start))
+    # accumulation from there visits the same times it does, the grid's remaining steps.
+    grid = time_grid(num_steps)
+    actions, _ = jax.lax.fori_loop(0, len(grid) - 1 - first, lambda _, c: step(c), (noise, float(grid[first])))
     return actions
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import jax
@@ -74,17 +75,20 @@ def lookup_pixel_values(obs: Observation, pixel_values: jax.Array) -> Observatio
     return obs.replace(images=images)
 
 
-def euler_steps(num_steps: int, start: float = 1.0) -> int:
-    """How many Euler steps openpi's sampler takes: its float32 time starts at ``start`` and adds ``dt = -1 /
-    num_steps`` while ``time >= -dt / 2`` (``num_steps`` from 1.0 for any practical count; counted here with
-    the same float32 arithmetic rather than assumed)."""
+@functools.cache
+def sampling_times(num_steps: int) -> np.ndarray:
+    """float32 [S]: the time of each of openpi's Euler steps (S = num_steps for any practical count). Its sampler
+    starts at 1.0, adds ``dt = -1 / num_steps`` in float32 and goes on while ``time >= -dt / 2``: counted here with
+    that arithmetic, before tracing, rather than assumed."""
     if num_steps < 1:
         raise ValueError(f"num_steps must be at least 1, got {num_steps}")
     dt = -1.0 / num_steps
-    time, stop, step, count = np.float32(start), np.float32(-dt / 2), np.float32(dt), 0
-    while time >= stop:
-        time, count = np.float32(time + step), count + 1
-    return count
+    stop, step, times = np.float32(-dt / 2), np.float32(dt), [np.float32(1.0)]
+    while times[-1] >= stop:
+        times.append(np.float32(times[-1] + step))
+    out = np.asarray(times[:-1], np.float32)
+    out.flags.writeable = False
+    return out
 
 
 def cameras_masked_in_every_row(images: dict, masks: dict) -> tuple[str, ...]:
@@ -483,9 +487,10 @@ class Pi0(nnx.Module):
             return ops.euler_update(x_t, v_t, dt), time + dt, new_kv if expert_weights is not None else kv
 
         # The time carry accumulates t + dt in float32 exactly as openpi (1.0, 0.9, 0.79999995, ...). openpi loops
-        # while t >= -dt/2; the count of those steps is known before tracing (``euler_steps``), and a loop with a
+        # while t >= -dt/2; the count of those steps is known before tracing (``sampling_times``), and a loop with a
         # known count needs no device-to-host read of its condition between steps.
-        x_0, _, _ = jax.lax.fori_loop(0, euler_steps(num_steps), lambda _, carry: step(carry), (noise, 1.0, kv))
+        steps = len(sampling_times(num_steps))
+        x_0, _, _ = jax.lax.fori_loop(0, steps, lambda _, carry: step(carry), (noise, 1.0, kv))
         return x_0
 
     # -------------------------------------------------------------------------------------------------- training
