@@ -48,14 +48,14 @@ def _parse(value: str):
 
 
 def parse_variant(spec: str) -> tuple[str, dict, dict]:
-    """``name[:key=value,...]``; keys starting with ``xla_`` are compiler options, the others Pi0Config fields;
-    ``a|b`` in a value stands for ``a,b``."""
+    """``name[:key=value,...]``; keys starting with ``xla_`` are compiler options, ``x_small_size`` is passed to
+    ``Pi0.layer_weights``, the others are Pi0Config fields; ``a|b`` in a value stands for ``a,b``."""
     name, _, rest = spec.partition(":")
     options, compiler = {}, {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
         # A list value (e.g. xla_gpu_enable_command_buffer) is written with "|" between its items.
-        (compiler if key.startswith("xla_") else options)[key] = _parse(value.replace("|", ","))
+        (compiler if key.startswith(("xla_", "x_")) else options)[key] = _parse(value.replace("|", ","))
     return name, options, compiler
 
 
@@ -129,7 +129,9 @@ def measure_variant(name, options, compiler, base, params, inputs, capture_obs, 
     config = dataclasses.replace(base, **{**DEFAULT_OPTIONS, **options})
     model = model_from_params(config, params)
     graphdef, state = nnx.split(model)
-    weights = jax.block_until_ready(model.layer_weights())
+    compiler = dict(compiler)
+    small = compiler.pop("x_small_size", None)  # packing of the layers' vectors (``Pi0.layer_weights``)
+    weights = jax.block_until_ready(model.layer_weights(**({} if small is None else {"small_size": small})))
     full_state = (state, weights)
 
     def sample(state, obs, noise, graphdef=graphdef):

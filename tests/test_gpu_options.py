@@ -349,7 +349,7 @@ def test_siglip_layer_weights_pad_the_hidden_width_with_units_that_add_nothing()
         dense.bias.set_value(jax.random.normal(jax.random.key(5), dense.bias[...].shape))
     x = jax.random.normal(jax.random.key(6), (2, 8, 32))
     padded, plain = encoder.layer_weights(), encoder.layer_weights(hidden_multiple=1)
-    shapes = {leaf.shape for leaf in padded.layers[0]}
+    shapes = {leaf.shape for leaf in jax.tree.leaves(padded.per_layer[0])}
     assert {(32, 64), (64,), (64, 32)} <= shapes and not {(32, 40), (40,), (40, 32)} & shapes
     assert mlp.Dense_0.kernel[...].shape == (2, 32, 40)  # the model's own parameters are left as they are
     expected = encoder(x, jnp.float32)

@@ -17,6 +17,7 @@ from jax import lax
 from textlatent.model import ops
 from textlatent.model.config import GemmaConfig
 from textlatent.model.intervention import ResidualEdit
+from textlatent.model.packing import SMALL_LEAF_SIZE, LayerLeaves
 
 # (K, V), each [depth, B, S, num_kv_heads, head_dim].
 KVCache = tuple[jax.Array, jax.Array]
@@ -50,7 +51,7 @@ class LayerWeights:
     tuples in C++, while nnx states are flattened in Python, ~1 µs a leaf — about a millisecond a call for π0."""
 
     graphdef: nnx.GraphDef = struct.field(pytree_node=False)
-    layers: tuple  # per layer: the leaves of its nnx.State
+    layers: LayerLeaves  # the leaves of each layer's nnx.State, vectors packed
     rest_leaves: tuple
     fused: tuple  # per layer, per stream: ``FusedProjections`` or None (that stream's stacks stay in ``rest``)
     streams: tuple[int, ...] = struct.field(pytree_node=False)
@@ -60,7 +61,7 @@ class LayerWeights:
     @property
     def per_layer(self) -> tuple:
         """One nnx.State per layer."""
-        return tuple(jax.tree.unflatten(self.layer_def, leaves) for leaves in self.layers)
+        return tuple(jax.tree.unflatten(self.layer_def, self.layers.layer(i)) for i in range(len(self.layers)))
 
     @property
     def rest(self) -> nnx.State:
@@ -361,8 +362,9 @@ class Gemma(nnx.Module):
     def depth(self) -> int:
         return self.configs[0].depth
 
-    def layer_weights(self, streams: Sequence[int]) -> LayerWeights:
-        """The layer parameters of ``streams`` cut into one state per layer, for ``forward(..., layer_weights=...)``.
+    def layer_weights(self, streams: Sequence[int], small_size: int = SMALL_LEAF_SIZE) -> LayerWeights:
+        """The layer parameters of ``streams`` cut into one state per layer, for ``forward(..., layer_weights=...)``,
+        the layers' vectors (norm scales) packed into one array (``LayerLeaves``; ``small_size`` 0 packs nothing).
 
         Slicing a layer out of the stacked weights is a copy on GPU, and inside a loop over passes (the flow steps)
         it is repeated every pass. Cut once here, outside that loop, every pass reads the same per-layer copies. The
@@ -385,7 +387,7 @@ class Gemma(nnx.Module):
 
         graphdef, sliced, rest = nnx.split(self.layers, cut, ...)
         leaves, layer_def = jax.tree.flatten(sliced)
-        layers = tuple(tuple(a[i] for a in leaves) for i in range(self.depth))
+        layers = LayerLeaves.pack([[a[i] for a in leaves] for i in range(self.depth)], small_size)
         rest_leaves, rest_def = jax.tree.flatten(rest)
 
         def fused_of(stream: int, layer: int) -> FusedProjections:

@@ -14,6 +14,7 @@ from textlatent.model import ops
 from textlatent.model.config import Pi0Config
 from textlatent.model.gemma import Gemma, KVCache, LayerWeights, SuffixBuffers
 from textlatent.model.intervention import ResidualEdit
+from textlatent.model.packing import SMALL_LEAF_SIZE
 from textlatent.model.siglip import EncoderWeights, SigLIP
 
 logger = logging.getLogger(__name__)
@@ -318,13 +319,18 @@ class Pi0(nnx.Module):
         return tokens, mask, ar
 
     # ------------------------------------------------------------------------------------------------ weights
-    def layer_weights(self) -> ModelLayerWeights:
+    def layer_weights(self, small_size: int = SMALL_LEAF_SIZE) -> ModelLayerWeights:
         """Every layer's weights cut out of the stacked parameters (SigLIP's blocks, both Gemma streams, the
         feed-forward gate/up halves apart), for ``sample_actions``/``encode_prefix``/``prefix_residuals``
         (``layer_weights=...``). Call it once, outside ``jit``, and pass the result into every call: the slices are
         then plain arrays that the compiled programs read in place, instead of copies made in every call. The
-        arithmetic is the same; the layers run as straight-line code. Costs a second copy of the layer weights."""
-        return ModelLayerWeights(img=self.PaliGemma.img.layer_weights(), llm=self.PaliGemma.llm.layer_weights([0, 1]))
+        arithmetic is the same; the layers run as straight-line code. Costs a second copy of the layer weights.
+        The layers' vectors are packed into one array per model part (``packing.LayerLeaves``): a call pays per array
+        passed. ``small_size``: the largest leaf packed (0 packs nothing)."""
+        return ModelLayerWeights(
+            img=self.PaliGemma.img.layer_weights(small_size=small_size),
+            llm=self.PaliGemma.llm.layer_weights([0, 1], small_size),
+        )
 
     # ----------------------------------------------------------------------------------------------- prefix pass
     def encode_prefix(

@@ -10,6 +10,7 @@ from jax import lax
 
 from textlatent.model import ops
 from textlatent.model.config import SiglipConfig
+from textlatent.model.packing import SMALL_LEAF_SIZE, LayerLeaves
 
 _xavier = jax.nn.initializers.xavier_uniform
 
@@ -25,13 +26,13 @@ class EncoderWeights:
     arrays for a fast flatten in jitted calls (as ``gemma.LayerWeights``)."""
 
     graphdef: nnx.GraphDef = struct.field(pytree_node=False)
-    layers: tuple  # per block: the leaves of its nnx.State
+    layers: LayerLeaves  # the leaves of each block's nnx.State, vectors packed
     layer_def: jax.tree_util.PyTreeDef = struct.field(pytree_node=False)
 
     @property
     def per_layer(self) -> tuple:
         """One nnx.State per block."""
-        return tuple(jax.tree.unflatten(self.layer_def, leaves) for leaves in self.layers)
+        return tuple(jax.tree.unflatten(self.layer_def, self.layers.layer(i)) for i in range(len(self.layers)))
 
 
 class _Dense(nnx.Module):
@@ -127,9 +128,12 @@ class Transformer(nnx.Module):
         self.encoderblock = EncoderBlock(config, rngs, flash_attention=flash_attention)
         self.encoder_norm = _LayerNorm((config.width,))
 
-    def layer_weights(self, hidden_multiple: int = HIDDEN_MULTIPLE) -> EncoderWeights:
+    def layer_weights(
+        self, hidden_multiple: int = HIDDEN_MULTIPLE, small_size: int = SMALL_LEAF_SIZE
+    ) -> EncoderWeights:
         """The blocks cut one per layer, with the feed-forward hidden width padded with zeros to a multiple of
-        ``hidden_multiple`` (see ``HIDDEN_MULTIPLE``; 1 leaves it as it is)."""
+        ``hidden_multiple`` (see ``HIDDEN_MULTIPLE``; 1 leaves it as it is), and the blocks' vectors packed into
+        one array (``LayerLeaves``; ``small_size`` 0 packs nothing)."""
         if hidden_multiple < 1:
             raise ValueError(f"hidden_multiple must be a positive integer (1: no padding), got {hidden_multiple}")
         graphdef, state = nnx.split(self.encoderblock)
@@ -151,7 +155,8 @@ class Transformer(nnx.Module):
         state = jax.tree_util.tree_map_with_path(pad_hidden, state)
         leaves, layer_def = jax.tree.flatten(state)
         depth = leaves[0].shape[0]
-        return EncoderWeights(graphdef, tuple(tuple(a[i] for a in leaves) for i in range(depth)), layer_def)
+        layers = LayerLeaves.pack([[a[i] for a in leaves] for i in range(depth)], small_size)
+        return EncoderWeights(graphdef, layers, layer_def)
 
     def __call__(self, x, dtype, layer_weights: EncoderWeights | None = None):
         """``layer_weights``: the blocks already cut one per layer (``layer_weights()``); they then run as
@@ -199,10 +204,12 @@ class SigLIP(nnx.Module):
             jax.nn.initializers.lecun_normal()(rngs.params(), (w, out_width)), jnp.zeros((out_width,), jnp.float32)
         )
 
-    def layer_weights(self, hidden_multiple: int = HIDDEN_MULTIPLE) -> EncoderWeights:
+    def layer_weights(
+        self, hidden_multiple: int = HIDDEN_MULTIPLE, small_size: int = SMALL_LEAF_SIZE
+    ) -> EncoderWeights:
         """The encoder blocks' weights, one state per block, for ``__call__(..., layer_weights=...)`` (see
         ``Transformer.layer_weights``)."""
-        return self.Transformer.layer_weights(hidden_multiple)
+        return self.Transformer.layer_weights(hidden_multiple, small_size)
 
     def __call__(self, image: jax.Array, layer_weights: EncoderWeights | None = None) -> jax.Array:
         # Patch extraction and position embedding run in float32; the blocks in the model dtype.
