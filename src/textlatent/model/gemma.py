@@ -61,7 +61,7 @@ class LayerWeights:
     @property
     def per_layer(self) -> tuple:
         """One nnx.State per layer."""
-        return tuple(jax.tree.unflatten(self.layer_def, self.layers.layer(i)) for i in range(len(self.layers)))
+        return self.layers.trees(self.layer_def)
 
     @property
     def rest(self) -> nnx.State:

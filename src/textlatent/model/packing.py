@@ -78,6 +78,10 @@ class LayerLeaves:
                 leaves.append(self.small[group][i, index, : int(np.prod(shape))].reshape(shape))
         return leaves
 
+    def trees(self, treedef: jax.tree_util.PyTreeDef) -> tuple:
+        """Every layer's leaves put back into ``treedef``, one tree per layer."""
+        return tuple(jax.tree.unflatten(treedef, self.layer(i)) for i in range(len(self)))
+
     @property
     def arrays(self) -> int:
         """How many arrays a call is passed for these leaves."""

@@ -32,7 +32,7 @@ class EncoderWeights:
     @property
     def per_layer(self) -> tuple:
         """One nnx.State per block."""
-        return tuple(jax.tree.unflatten(self.layer_def, self.layers.layer(i)) for i in range(len(self.layers)))
+        return self.layers.trees(self.layer_def)
 
 
 class _Dense(nnx.Module):
