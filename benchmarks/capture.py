@@ -27,7 +27,7 @@ from pi0_latency import random_params
 from textlatent.checkpoint import model_from_params
 from textlatent.checkpoint.random import random_norm_stats
 from textlatent.latents.capture import LatentCapture, _prompt_sums
-from textlatent.model import Observation
+from textlatent.model import Observation, Pi0
 from textlatent.model.pi0 import compact_observation
 from textlatent.policy import LiberoTransforms, Policy, get_config
 from textlatent.tokenizer import PaligemmaTokenizer
@@ -40,13 +40,16 @@ VARIANTS = {
 }
 
 
-def build_policy(variant: str) -> Policy:
+def build_policy(variant: str, *, with_model: bool = False) -> Policy | tuple[Policy, Pi0]:
+    """The policy over random bf16 weights; ``with_model``: also the model it was made from (its stacked weights
+    kept, for passes the policy does not run, such as the training forward)."""
     config = get_config("pi0_libero", **VARIANTS[variant])
     model = model_from_params(config.model, random_params(config.model, jnp.bfloat16))
     tokenizer_path = train_tokenizer(pathlib.Path(tempfile.mkdtemp()) / "tok.model")
     tokenizer = PaligemmaTokenizer(tokenizer_path, max_len=config.model.max_token_len)
     transforms = LiberoTransforms.for_config(config, tokenizer, random_norm_stats(8, 7, seed=0))
-    return Policy(model, config, transforms, metadata={"config": config.name})
+    policy = Policy(model, config, transforms, metadata={"config": config.name})
+    return (policy, model) if with_model else policy
 
 
 def frames(batch: int, seed: int = 0) -> dict:
@@ -67,8 +70,8 @@ def main() -> None:
     parser.add_argument("--out", type=pathlib.Path)
     args = parser.parse_args()
 
-    policy = build_policy(args.variant)
-    graphdef, state = nnx.split(policy.model)
+    policy, model = build_policy(args.variant, with_model=True)
+    policy_graphdef, policy_state = policy.model_split
     device_sums = jax.jit(_prompt_sums, static_argnums=(0,))
     rows = []
     for batch in args.batch:
@@ -82,7 +85,11 @@ def main() -> None:
             ("compact", compact_observation(full, policy.model.config.max_token_len)),
         ):
             obs = jax.device_put(obs)
-            seconds = median_ms(lambda obs=obs, w=weights: device_sums(graphdef, state, obs, w), args.repeats) / 1000
+
+            def sums(obs=obs, w=weights):
+                return device_sums(policy_graphdef, policy_state, obs, w, policy.layer_weights)
+
+            seconds = median_ms(sums, args.repeats) / 1000
             rows.append((f"device only (prefix forward + f32 sums), {layout}, batch {batch}", seconds, batch))
         capture = LatentCapture(policy, batch_size=batch)
 
@@ -104,6 +111,7 @@ def main() -> None:
     inputs.pop("batched")
     obs = jax.device_put(Observation.from_dict(inputs))
     actions = jnp.zeros((1, policy.model.config.action_horizon, policy.model.config.action_dim), jnp.float32)
+    graphdef, state = nnx.split(model)
 
     @jax.jit
     def full_forward(state, obs, actions):

@@ -61,8 +61,11 @@ def main() -> None:
     def sampler(config, *, cut: bool):
         """(jitted sample(obs, noise, edit, batch), capture(obs, weights, batch)) for a model config."""
         model = model_from_params(config, params)
+        weights = None
+        if cut:  # as Policy: the layers cut once, the stacks dropped from the model the programs get
+            model, weights = model.split_layer_weights()
+            jax.block_until_ready(weights)
         graphdef, state = nnx.split(model)
-        weights = jax.block_until_ready(model.layer_weights()) if cut else None
         fast = cut  # the policy default also takes the policy's XLA options per batch size
 
         def sample(state, weights, obs, noise, edit):

@@ -1,6 +1,7 @@
 """The user-facing path on a GPU, end to end: ``Policy.infer`` (host transforms, the jitted chunk with the policy's
 default options and XLA settings, results back on the host) at batch 1 and 8, and ``LatentCapture.add`` at batch 32
-and 64. Full-size π0 with random bf16 weights, LIBERO requests of 256×256 frames.
+and 64; and the device memory the policy holds (its weights after loading, the peak while loading, each program's
+temporary buffers). Full-size π0 with random bf16 weights, LIBERO requests of 256×256 frames.
 
     XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONPATH=src python benchmarks/policy_gpu.py --out benchmarks/results/policy_h100.md
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import pathlib
 import statistics
 import sys
@@ -48,6 +50,24 @@ def pixel_table_check() -> str:
     fused = jax.jit(lambda x: x.astype(np.float32) / 255.0 * 2.0 - 1.0)(ramp)
     changed = int((np.asarray(fused) != np.asarray(uint8_to_unit_range(ramp))).sum())
     return f"pixel table lookup gives the eager conversion's bits: {same}; fused arithmetic changes {changed} of 768"
+
+
+def device_bytes() -> tuple[int, int] | None:
+    """(bytes in use, peak bytes in use) on the first device, or None where the backend does not say."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "bytes_in_use" not in stats:
+        return None
+    return stats["bytes_in_use"], stats.get("peak_bytes_in_use", 0)
+
+
+def checkpoint_bytes(config) -> int:
+    """Bytes of π0's weights in bf16 (the checkpoint's parameters, as openpi serves them)."""
+    from flax import nnx
+
+    from textlatent.model import Pi0
+
+    abstract = nnx.eval_shape(lambda: Pi0(config, nnx.Rngs(0)))
+    return sum(int(np.prod(a.shape)) * 2 for a in jax.tree.leaves(nnx.state(abstract)))
 
 
 def host_breakdown(policy, request: dict, repeats: int) -> None:
@@ -90,7 +110,17 @@ def main() -> None:
 
     check = pixel_table_check()
     print(check, flush=True)
-    policy = build_policy(args.variant)
+    start = device_bytes()
+    policy = build_policy(args.variant)  # the model it was made from is dropped here, as load_policy drops it
+    gc.collect()
+    loaded = device_bytes()
+    memory = []
+    if start is not None and loaded is not None:
+        gib = 2**30
+        memory.append(f"π0's weights in bf16: {checkpoint_bytes(policy.model.config) / gib:.2f} GiB")
+        memory.append(f"held by the policy after loading: {(loaded[0] - start[0]) / gib:.2f} GiB")
+        memory.append(f"peak while loading (the stacks and their per-layer cuts at once): {loaded[1] / gib:.2f} GiB")
+    print("; ".join(memory), flush=True)
     if args.breakdown:
         host_breakdown(policy, {k: v[0] for k, v in frames(1).items()}, args.repeats)
     options = {k: getattr(policy.model.config, k) for k in ("one_image_pass", "expert_weights_per_layer",
@@ -120,6 +150,11 @@ def main() -> None:
         call = functools.partial(program, *head, num_steps=policy.config.num_steps)
         alone = median_ms(call, args.repeats)
         rows.append((f"its device program alone, batch {batch}", alone, f"host side {ms - alone:.2f} ms"))
+        analysis = program.lower(*head, num_steps=policy.config.num_steps).compile().memory_analysis()
+        if analysis is not None:
+            memory.append(
+                f"temporary buffers of the batch-{batch} chunk: {analysis.temp_size_in_bytes / 2**20:.0f} MiB"
+            )
     for batch in (32, 64):
         request = frames(batch)
         capture = LatentCapture(policy, batch_size=batch)
@@ -146,6 +181,8 @@ def main() -> None:
         f"{environment()}; median of {args.repeats} after warm-up; model options as resolved by the policy: {options}",
         "",
         check,
+        "",
+        "Device memory: " + ("; ".join(memory) if memory else "not reported by this backend") + ".",
         "",
         "| what | median ms (per call) | rate |",
         "|---|---|---|",

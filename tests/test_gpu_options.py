@@ -240,6 +240,72 @@ def test_model_layer_weights_are_slices_of_the_stacks(f32_model):
         _check_fused(weights.llm.fused[1][stream], layers, suffix, 1)
 
 
+def _unique_bytes(*trees) -> int:
+    """Device bytes of the distinct arrays in ``trees`` (an array shared by two trees counts once)."""
+    arrays = {id(a): a for tree in trees for a in jax.tree.leaves(tree) if hasattr(a, "nbytes")}
+    return sum(a.nbytes for a in arrays.values())
+
+
+def test_split_layer_weights_hold_the_weights_once_and_sample_the_same_actions(f32_model):
+    model = _with(f32_model, one_image_pass=True, expert_weights_per_layer=True, aligned_attention=True)
+    config = model.config
+    obs = make_observation(config, batch=2, seed=12)
+    noise = jax.random.normal(jax.random.key(8), (2, config.action_horizon, config.action_dim))
+    weights = model.layer_weights()
+    expected = _sample(model, obs, noise, weights, edit=_tli(config))
+    stacked = _sample(model, obs, noise, edit=_tli(config))
+
+    released, released_weights = model.split_layer_weights()
+    np.testing.assert_array_equal(_sample(released, obs, noise, released_weights, edit=_tli(config)), expected)
+    # The stacks are gone from the copy and from its weights' ``rest``; the model it came from keeps them.
+    for module in (released.PaliGemma.llm.layers, released.PaliGemma.img.Transformer.encoderblock):
+        assert all(a.shape[0] == 0 for a in jax.tree.leaves(nnx.state(module)))
+    assert all(a.shape[0] == 0 for a in released_weights.llm.rest_leaves)
+    assert all(a.shape[0] == config.paligemma.depth for a in jax.tree.leaves(nnx.state(model.PaliGemma.llm.layers)))
+    assert all(a.shape[0] == config.paligemma.depth for a in weights.llm.rest_leaves)
+    np.testing.assert_array_equal(_sample(model, obs, noise, edit=_tli(config)), stacked)
+    # The other weights are shared, not copied, and no stack stays reachable: the released model holds the model's
+    # bytes less its stacks, its weights the cut layers alone.
+    embedding = released.PaliGemma.llm.embedder.input_embedding[...]
+    assert embedding is model.PaliGemma.llm.embedder.input_embedding[...]
+    stacks = (nnx.state(model.PaliGemma.llm.layers), nnx.state(model.PaliGemma.img.Transformer.encoderblock))
+    assert _unique_bytes(nnx.state(released)) == _unique_bytes(nnx.state(model)) - _unique_bytes(*stacks) > 0
+    assert _unique_bytes(released_weights) == _unique_bytes(weights) - _unique_bytes(weights.llm.rest_leaves)
+    stack_ids = {id(a) for a in jax.tree.leaves(stacks)}
+    assert not stack_ids & {id(a) for a in jax.tree.leaves((nnx.state(released), released_weights))}
+
+
+def test_a_released_model_asks_for_its_layer_weights(f32_model):
+    released, weights = f32_model.split_layer_weights()
+    obs = make_observation(f32_model.config, batch=1, seed=13)
+    noise = jnp.zeros((1, f32_model.config.action_horizon, f32_model.config.action_dim))
+    positions = f32_model.text_positions(np.arange(3))
+    calls = {
+        "sample_actions": lambda: released.sample_actions(None, obs, noise=noise),
+        "encode_prefix": lambda: released.encode_prefix(obs),
+        "prefix_residuals": lambda: released.prefix_residuals(obs, positions),
+        "prefix_attention": lambda: released.prefix_attention(obs, positions),
+        "compute_loss": lambda: released.compute_loss(jax.random.key(0), obs, noise),
+        "layer_weights": released.layer_weights,
+        "split_layer_weights": released.split_layer_weights,
+    }
+    for name, call in calls.items():
+        try:
+            call()
+        except ValueError as error:
+            assert "stacked layer weights were released" in str(error), name
+            assert "layer_weights=policy.layer_weights" in str(error), name
+        else:
+            pytest.fail(f"{name} ran on a model without its layer stacks")
+    # With its weights every pass runs (attention maps too, which the policy's analysis uses).
+    np.testing.assert_allclose(
+        np.asarray(released.prefix_attention(obs, positions, layer_weights=weights)),
+        np.asarray(f32_model.prefix_attention(obs, positions)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
 def test_all_options_stay_within_bf16_rounding(f32_model):
     config = tiny_config(dtype="bfloat16")
     reference = model_from_params(config, cast_params(model_params(f32_model), jnp.bfloat16))
@@ -306,6 +372,29 @@ def test_fast_policy_matches_the_exact_policy_in_float32(libero_checkpoint, toke
     np.testing.assert_allclose(
         fast.infer(obs, noise=noise)["actions"], exact_policy.infer(obs, noise=noise)["actions"], rtol=1e-5, atol=1e-5
     )
+
+
+def test_policy_with_weights_per_layer_keeps_no_stacks_and_its_tools_run_on_the_cut_weights(
+    libero_checkpoint, tokenizer_path
+):
+    from textlatent.inversion import PolicyInversion
+    from textlatent.latents import analysis
+
+    fast = _policy(libero_checkpoint, tokenizer_path, dtype="float32", weights_per_layer=True)
+    stacked = _policy(libero_checkpoint, tokenizer_path, dtype="float32", weights_per_layer=False)
+    assert fast.layer_weights is not None and stacked.layer_weights is None
+    assert all(a.shape[0] == 0 for a in jax.tree.leaves(nnx.state(fast.model.PaliGemma.llm.layers)))
+    obs = {**libero_obs(seed=6), "prompt": "pick up the black bowl"}
+    noise = np.random.default_rng(5).normal(size=(6, 32)).astype(np.float32)
+    # Inversion, reconstruction and a prompt edit: the same plans as the stacked path's, to float32 rounding.
+    got = PolicyInversion(fast).run(obs, noise=noise, edit_prompt="open the drawer")
+    expected = PolicyInversion(stacked).run(obs, noise=noise, edit_prompt="open the drawer")
+    for field in ("original_normalized", "reconstructed_normalized", "edited_normalized", "noise"):
+        np.testing.assert_allclose(getattr(got, field), getattr(expected, field), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got.original_actions[0], fast.infer(obs, noise=noise)["actions"], atol=1e-6)
+    # Prompt-to-image maps (attention and residual alignment) through the policy.
+    for kind in (analysis.prompt_to_image_attention, analysis.prompt_to_image_alignment):
+        np.testing.assert_allclose(kind(fast, obs).values, kind(stacked, obs).values, rtol=1e-4, atol=1e-6)
 
 
 def test_fast_policy_stays_within_bf16_rounding(libero_checkpoint, tokenizer_path):

@@ -114,6 +114,26 @@ def test_reconstruct_is_sample_actions_bit_for_bit(setup):
     assert np.max(np.abs(sampled - np.asarray(sample_split(graphdef, state, obs, noise)))) > 1e-3
 
 
+def test_reconstruct_over_cut_layer_weights_is_their_sample_actions_bit_for_bit(setup):
+    model, obs, noise, graphdef, state = setup
+    weights = model.layer_weights()
+    edit = random_edit(model, seed=2)
+    sample = jax.jit(lambda o, n, w, e: model.sample_actions(None, o, noise=n, edit=e, layer_weights=w))
+    expected = np.asarray(sample(obs, noise, weights, edit))
+    got = reconstruct_split(graphdef, state, obs, noise, edit=edit, layer_weights=weights)
+    np.testing.assert_array_equal(np.asarray(got), expected)
+    # Inverting that plan over the same weights finds its noise (fixed point: to float32 rounding).
+    trace = invert_split(
+        graphdef,
+        state,
+        obs,
+        jnp.asarray(expected),
+        cache=encode_split(graphdef, state, obs, edit, weights),
+        layer_weights=weights,
+    )
+    assert float(jnp.max(jnp.abs(trace.noise - noise))) <= 1e-4
+
+
 # ------------------------------------------------------------------------------------------------------- inversion
 @pytest.fixture(scope="module")
 def round_trips(setup):

@@ -27,8 +27,8 @@ def load_policy(
       tokenizer: SentencePiece model path/URL or a ``PaligemmaTokenizer`` (default: PaliGemma's, downloaded once).
       compact: leave cameras masked in every row and prompt padding past a bucket out of the prefix, and turn on
         the model options that compute the same function with less work (``one_image_pass``,
-        ``expert_weights_per_layer``; on accelerators ``weights_per_layer``: a second copy of the layer weights, cut
-        once here): actions equal to float rounding, 35–45 % less time per chunk than the full layout on an H100.
+        ``expert_weights_per_layer``; on accelerators ``weights_per_layer``: the layer weights cut once here, the
+        stacks they came from then dropped): actions equal to float rounding, 35–45 % less time per chunk than the full layout on an H100.
         False computes openpi's full 816-token layout and arithmetic, bit for bit. Options given in
         ``config_overrides`` win either way.
       config_overrides: fields of the policy or model config, e.g. ``paligemma_variant="dummy"``,

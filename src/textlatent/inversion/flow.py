@@ -17,7 +17,9 @@ step of sampling, inversion and reconstruction under the same prompt (pass ``cac
 
 Every function here works eagerly on a ``Pi0`` and traces under ``jax.jit``; the ``*_split`` functions are the jitted
 forms that take the model as ``(graphdef, state)`` (as ``Policy`` does), with the grid, method and iteration cap
-static.
+static. ``layer_weights`` (``Pi0.layer_weights()``, e.g. ``Policy.layer_weights``) makes every pass run the layers
+cut once at load time, as the policy samples; a model whose stacks were released (``Pi0.split_layer_weights``)
+needs them.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from flax import nnx, struct
 
 from textlatent.model import ops
 from textlatent.model.intervention import ResidualEdit
-from textlatent.model.pi0 import Observation, Pi0, PrefixCache, sampling_times
+from textlatent.model.pi0 import ModelLayerWeights, Observation, Pi0, PrefixCache, sampling_times
 
 Method = Literal["naive", "fixed_point"]
 METHODS: tuple[str, ...] = ("naive", "fixed_point")
@@ -68,9 +70,15 @@ def grid_index(t: float, num_steps: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------------- model level
-def encode(model: Pi0, obs: Observation, *, edit: ResidualEdit | None = None) -> PrefixCache:
+def encode(
+    model: Pi0,
+    obs: Observation,
+    *,
+    edit: ResidualEdit | None = None,
+    layer_weights: ModelLayerWeights | None = None,
+) -> PrefixCache:
     """The prefix KV cache of ``obs`` (with ``edit`` written into the residual stream): one prefix pass."""
-    cache, _ = model.encode_prefix(model.preprocess(obs), edit=edit)
+    cache, _ = model.encode_prefix(model.preprocess(obs), edit=edit, layer_weights=layer_weights)
     return cache
 
 
@@ -95,6 +103,7 @@ def invert_with_trace(
     start_t: float = 0.0,
     stop_t: float = 1.0,
     cache: PrefixCache | None = None,
+    layer_weights: ModelLayerWeights | None = None,
 ) -> InversionTrace:
     """``invert`` plus the iterations and last change of every step (see ``invert``)."""
     if method not in METHODS:
@@ -107,13 +116,14 @@ def invert_with_trace(
     obs = model.preprocess(obs)
     _check_chunk(model, obs, actions, "actions")
     if cache is None:
-        cache = encode(model, obs)
+        cache = encode(model, obs, layer_weights=layer_weights)
+    expert_weights = None if layer_weights is None else layer_weights.llm
     grid = jnp.asarray(time_grid(num_steps))
     up = 1.0 / num_steps  # Δ: a Python float, so Δ·v rounds exactly as the sampler's dt·v (with the sign flipped)
     count = first - last
 
     def velocity(x: jax.Array, time: jax.Array) -> jax.Array:
-        return model.velocity(obs, cache, x, jnp.broadcast_to(time, x.shape[:1]))
+        return model.velocity(obs, cache, x, jnp.broadcast_to(time, x.shape[:1]), layer_weights=expert_weights)
 
     iters = jnp.ones((count,), jnp.int32)
     changes = jnp.zeros((count,), jnp.float32)
@@ -171,6 +181,7 @@ def invert(
     start_t: float = 0.0,
     stop_t: float = 1.0,
     cache: PrefixCache | None = None,
+    layer_weights: ModelLayerWeights | None = None,
 ) -> jax.Array:
     """Map an action chunk (normalized model space, [B, H, D]) at time ``start_t`` back along the flow to the latent at
     ``stop_t`` ([B, H, D]; the noise when stop_t = 1), through the ``num_steps`` sampling grid in reverse.
@@ -192,6 +203,7 @@ def invert(
         start_t=start_t,
         stop_t=stop_t,
         cache=cache,
+        layer_weights=layer_weights,
     ).noise
 
 
@@ -204,10 +216,11 @@ def reconstruct(
     cache: PrefixCache | None = None,
     edit: ResidualEdit | None = None,
     from_t: float = 1.0,
+    layer_weights: ModelLayerWeights | None = None,
 ) -> jax.Array:
     """``Pi0.sample_actions`` from a given latent ``noise`` [B, H, D] at time ``from_t`` (a grid time; 1 = noise) to the
     actions [B, H, D], on the matching tail of the sampling grid. From t = 1 it is ``sample_actions(None, obs,
-    noise=noise, edit=edit)`` bit for bit (same loop, same carry).
+    noise=noise, edit=edit, layer_weights=layer_weights)`` bit for bit (the same loop, ``Pi0.integrate``).
 
     ``cache``: a prefix from ``encode(model, obs, edit=edit)``; encoded here if None. A cache already holds its edit, so
     passing both is refused (it would be ambiguous which one applies)."""
@@ -217,20 +230,19 @@ def reconstruct(
     obs = model.preprocess(obs)
     _check_chunk(model, obs, noise, "noise")
     if cache is None:
-        cache = encode(model, obs, edit=edit)
-    dt = -1.0 / num_steps
-    batch = obs.state.shape[0]
-
-    def step(carry):
-        x_t, time = carry
-        v_t = model.velocity(obs, cache, x_t, jnp.broadcast_to(time, batch))
-        return ops.euler_update(x_t, v_t, dt), time + dt
-
-    # The sampler's loop and carry verbatim, started at a grid time given as a Python float (as its 1.0): the float32
-    # accumulation from there visits the same times it does, the grid's remaining steps.
+        cache = encode(model, obs, edit=edit, layer_weights=layer_weights)
+    # The sampler's loop, started at a grid time given as a Python float (as its 1.0): the float32 accumulation from
+    # there visits the same times it does, the grid's remaining steps.
     grid = time_grid(num_steps)
-    actions, _ = jax.lax.fori_loop(0, len(grid) - 1 - first, lambda _, c: step(c), (noise, float(grid[first])))
-    return actions
+    return model.integrate(
+        obs,
+        cache,
+        noise,
+        start_time=float(grid[first]),
+        steps=len(grid) - 1 - first,
+        dt=-1.0 / num_steps,
+        layer_weights=layer_weights,
+    )
 
 
 @struct.dataclass
@@ -262,18 +274,19 @@ def invert_and_edit(
     iterations: int = DEFAULT_ITERATIONS,
     tolerance: float | jax.Array = DEFAULT_TOLERANCE,
     invert_to: float = 1.0,
+    layer_weights: ModelLayerWeights | None = None,
 ) -> InversionResult:
     """Sample the plan of ``obs`` from ``noise`` (or take ``actions``, [B, H, D]), invert it to ``invert_to``,
     reconstruct it under the same prompt and, if ``edit_obs`` (another prompt's observation) and/or ``edit`` (a
     ``ResidualEdit``, e.g. TLI) is given, under the edit. The original prefix is encoded once and shared by sampling,
-    inversion and reconstruction; the edit costs one more prefix pass."""
+    inversion and reconstruction; the edit costs one more prefix pass. ``layer_weights``: see the module docstring."""
     if (noise is None) == (actions is None):
         raise ValueError("give exactly one of noise (to sample the original plan) or actions (to invert them)")
     obs = model.preprocess(obs)
-    cache = encode(model, obs)
+    cache = encode(model, obs, layer_weights=layer_weights)
     encodings = 1
     if actions is None:
-        actions = reconstruct(model, obs, noise, num_steps=num_steps, cache=cache)
+        actions = reconstruct(model, obs, noise, num_steps=num_steps, cache=cache, layer_weights=layer_weights)
     trace = invert_with_trace(
         model,
         obs,
@@ -284,14 +297,25 @@ def invert_and_edit(
         tolerance=tolerance,
         stop_t=invert_to,
         cache=cache,
+        layer_weights=layer_weights,
     )
-    reconstructed = reconstruct(model, obs, trace.noise, num_steps=num_steps, cache=cache, from_t=invert_to)
+    reconstructed = reconstruct(
+        model, obs, trace.noise, num_steps=num_steps, cache=cache, from_t=invert_to, layer_weights=layer_weights
+    )
     edited = None
     if edit_obs is not None or edit is not None:
         target = model.preprocess(obs if edit_obs is None else edit_obs)
-        edit_cache = encode(model, target, edit=edit)
+        edit_cache = encode(model, target, edit=edit, layer_weights=layer_weights)
         encodings += 1
-        edited = reconstruct(model, target, trace.noise, num_steps=num_steps, cache=edit_cache, from_t=invert_to)
+        edited = reconstruct(
+            model,
+            target,
+            trace.noise,
+            num_steps=num_steps,
+            cache=edit_cache,
+            from_t=invert_to,
+            layer_weights=layer_weights,
+        )
     return InversionResult(
         original_actions=actions,
         source_noise=noise,
@@ -315,20 +339,27 @@ _STEPS = ("num_steps", "method", "iterations")
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def encode_split(graphdef: nnx.GraphDef, state: nnx.State, obs: Observation, edit: ResidualEdit | None = None):
+def encode_split(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    obs: Observation,
+    edit: ResidualEdit | None = None,
+    layer_weights: ModelLayerWeights | None = None,
+):
     """``encode`` compiled: the prefix cache of ``obs``."""
-    return encode(nnx.merge(graphdef, state), obs, edit=edit)
+    return encode(nnx.merge(graphdef, state), obs, edit=edit, layer_weights=layer_weights)
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=(*_STEPS, "start_t", "stop_t"))
 def invert_split(graphdef: nnx.GraphDef, state: nnx.State, obs: Observation, actions: jax.Array, **kwargs):
-    """``invert_with_trace`` compiled (``tolerance`` and ``cache`` traced, everything else static)."""
+    """``invert_with_trace`` compiled (``tolerance``, ``cache`` and ``layer_weights`` traced, everything else
+    static)."""
     return invert_with_trace(nnx.merge(graphdef, state), obs, actions, **kwargs)
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=("num_steps", "from_t"))
 def reconstruct_split(graphdef: nnx.GraphDef, state: nnx.State, obs: Observation, noise: jax.Array, **kwargs):
-    """``reconstruct`` compiled (``cache`` and ``edit`` traced)."""
+    """``reconstruct`` compiled (``cache``, ``edit`` and ``layer_weights`` traced)."""
     return reconstruct(nnx.merge(graphdef, state), obs, noise, **kwargs)
 
 

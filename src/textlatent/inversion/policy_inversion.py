@@ -133,6 +133,7 @@ class PolicyInversion:
             method=self.method,
             iterations=self.iterations,
             invert_to=self.invert_to,
+            layer_weights=self.policy.layer_weights,
         )
         result = jax.device_get(result)  # waits for the device: the timing below is the real one
         model_ms = (time.monotonic() - model_start) * 1000

@@ -19,7 +19,7 @@ import json
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -243,12 +243,12 @@ def find_word_slots(token_ids: Sequence[int], word: str, tokenizer: PaligemmaTok
     raise ValueError(f"{word!r} is not a word of the prompt; its pieces are {pieces}")
 
 
-def _prefix_attention_fn(graphdef, state, obs: Observation, query_positions: jax.Array) -> jax.Array:
-    return nnx.merge(graphdef, state).prefix_attention(obs, query_positions)
+def _prefix_attention_fn(graphdef, state, obs: Observation, query_positions: jax.Array, layer_weights) -> jax.Array:
+    return nnx.merge(graphdef, state).prefix_attention(obs, query_positions, layer_weights=layer_weights)
 
 
-def _prefix_residuals_fn(graphdef, state, obs: Observation, positions: jax.Array) -> jax.Array:
-    return nnx.merge(graphdef, state).prefix_residuals(obs, positions)
+def _prefix_residuals_fn(graphdef, state, obs: Observation, positions: jax.Array, layer_weights) -> jax.Array:
+    return nnx.merge(graphdef, state).prefix_residuals(obs, positions, layer_weights=layer_weights)
 
 
 # Jitted once per model structure: the graphdef is static (hashable), the weights are an argument, as in Policy.
@@ -262,6 +262,7 @@ class _Inputs:
     obs: Observation  # preprocessed: images at model resolution in image_keys order, masks filled
     tokenizer: PaligemmaTokenizer | None
     batch_index: int
+    layer_weights: Any = None  # a policy's per-layer weights (``Policy.layer_weights``): its model keeps no stacks
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -296,8 +297,9 @@ def _inputs(
 ) -> _Inputs:
     from textlatent.policy import Policy
 
+    layer_weights = None
     if isinstance(policy_or_model, Policy):
-        model = policy_or_model.model
+        model, layer_weights = policy_or_model.model, policy_or_model.layer_weights
         tokenizer = tokenizer if tokenizer is not None else policy_or_model.transforms.tokenizer
         if not isinstance(observation, Observation):
             observation, _, _ = policy_or_model.prepare(observation)  # a request dict, as for ``infer``
@@ -313,7 +315,7 @@ def _inputs(
     batch = obs.state.shape[0]
     if not 0 <= batch_index < batch:
         raise ValueError(f"batch_index {batch_index} out of range for a batch of {batch}")
-    return _Inputs(model, obs, tokenizer, batch_index)
+    return _Inputs(model, obs, tokenizer, batch_index, layer_weights)
 
 
 def _layers(layers: int | Sequence[int] | None, depth: int) -> list[int]:
@@ -370,7 +372,7 @@ def prompt_to_image_attention(
     # Every prompt slot is queried (one compile per model), then the chosen ones are weighted in.
     all_slots = np.arange(config.max_token_len)
     graphdef, state = nnx.split(model)
-    attention = _prefix_attention(graphdef, state, inputs.obs, model.text_positions(all_slots))
+    attention = _prefix_attention(graphdef, state, inputs.obs, model.text_positions(all_slots), inputs.layer_weights)
     attention = np.asarray(attention)[chosen_layers, batch_index]  # [layers, heads, Q, P]
     weights = np.isin(all_slots, slots).astype(np.float64)
     values = prompt_to_image_mass(attention, weights, len(inputs.camera_keys), inputs.grid)
@@ -410,7 +412,8 @@ def prompt_to_image_alignment(
         [np.arange(num_image_tokens), np.asarray(model.text_positions(np.arange(config.max_token_len)))]
     )
     graphdef, state = nnx.split(model)
-    residuals = np.asarray(_prefix_residuals(graphdef, state, inputs.obs, jnp.asarray(positions)), np.float32)
+    residuals = _prefix_residuals(graphdef, state, inputs.obs, jnp.asarray(positions), inputs.layer_weights)
+    residuals = np.asarray(residuals, np.float32)
     residuals = residuals[chosen_layers, batch_index]  # [layers, image tokens + prompt slots, D]
     patch_states, prompt_states = residuals[:, :num_image_tokens], residuals[:, num_image_tokens:]
 

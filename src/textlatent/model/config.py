@@ -122,9 +122,10 @@ class Pi0Config:
     """For whoever holds the model for many calls (``Policy``): cut every layer's weights (SigLIP, PaliGemma and the
     expert; q/k/v and gate/up each laid out as one matrix, ``FusedProjections``) out of the stacks once at load time and pass them to
     ``sample_actions(..., layer_weights=Pi0.layer_weights())``, so that no call copies weights; the layers then run as
-    straight-line code. The same arithmetic; costs a second copy of the layer weights in memory (+5.2 GiB for π0 in
-    bf16, measured on an H100). None: ``Policy`` turns it on with its compact layout on accelerators (not on the CPU, where memory is the
-    scarcer resource and slices are not the cost), off otherwise. The model itself never reads this field."""
+    straight-line code. The same arithmetic. ``Policy`` then drops the stacks (``Pi0.split_layer_weights``), so the
+    weights are held once; only loading holds both copies for a moment (+5.2 GiB for π0 in bf16). None: ``Policy``
+    turns it on with its compact layout on accelerators (not on the CPU, where slices are not the cost), off
+    otherwise. The model itself never reads this field."""
 
     def __post_init__(self):
         if self.dtype not in ("bfloat16", "float32"):

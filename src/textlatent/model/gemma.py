@@ -17,7 +17,7 @@ from jax import lax
 from textlatent.model import ops
 from textlatent.model.config import GemmaConfig
 from textlatent.model.intervention import ResidualEdit
-from textlatent.model.packing import SMALL_LEAF_SIZE, LayerLeaves
+from textlatent.model.packing import SMALL_LEAF_SIZE, STACKS_RELEASED, LayerLeaves, empty_stack
 
 # (K, V), each [depth, B, S, num_kv_heads, head_dim].
 KVCache = tuple[jax.Array, jax.Array]
@@ -66,6 +66,12 @@ class LayerWeights:
     @property
     def rest(self) -> nnx.State:
         return jax.tree.unflatten(self.rest_def, self.rest_leaves)
+
+    def without_rest_stacks(self) -> LayerWeights:
+        """These weights with ``rest`` (the stacks the fused projections were laid out from, and streams that do not
+        run) replaced by empty stand-ins: the straight-line layers never read them, and a holder that released the
+        model's stacks (``Gemma.release_layer_stacks``) must not keep them alive here."""
+        return self.replace(rest_leaves=tuple(empty_stack(a) for a in self.rest_leaves))
 
 
 class FusedProjections(NamedTuple):
@@ -357,6 +363,16 @@ class Gemma(nnx.Module):
         self.layers = Block(configs, rngs, token_major_attention=token_major_attention, flash_attention=flash_attention)
         for i, c in enumerate(configs):
             setattr(self, _suffix("final_norm", i), RMSNorm((c.width,)))
+        self.layer_stacks_released = False
+
+    def release_layer_stacks(self) -> None:
+        """Replace the stacked layer weights by empty stand-ins (``empty_stack``), for a holder of this model's
+        ``layer_weights`` that wants one copy of the weights in memory. Passes then need ``layer_weights``; without
+        them they raise. Call it on a copy (``Pi0.split_layer_weights`` does): the arrays are shared with the model
+        this one was split from."""
+        _, state = nnx.split(self.layers)
+        nnx.update(self.layers, jax.tree.map(empty_stack, state))
+        self.layer_stacks_released = True
 
     @property
     def depth(self) -> int:
@@ -370,6 +386,8 @@ class Gemma(nnx.Module):
         it is repeated every pass. Cut once here, outside that loop, every pass reads the same per-layer copies. The
         input projections are laid out here as one matrix each for q/k/v and gate/up (``FusedProjections``): XLA
         would otherwise transpose or concatenate those weights again in every pass."""
+        if self.layer_stacks_released:
+            raise ValueError(STACKS_RELEASED)
         streams = tuple(sorted(set(streams)))
 
         def stream_of(path) -> int:
@@ -505,6 +523,8 @@ class Gemma(nnx.Module):
           attention float32 [depth, B, num_heads, Q, S] — softmax probabilities over all S keys, exactly 0 on keys
           the mask hides — or None).
         """
+        if layer_weights is None and self.layer_stacks_released:
+            raise ValueError(STACKS_RELEASED)
         xs = [None if e is None else e.astype(self.embed_dtype) for e in embedded]
         stream0_options = edit is not None or capture_positions is not None or attention_queries is not None
         if stream0_options and xs[0] is None:

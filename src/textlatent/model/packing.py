@@ -22,6 +22,18 @@ SMALL_LEAF_SIZE = 16_384
 output projection, has 1.3 million."""
 
 
+STACKS_RELEASED = (
+    "this model's stacked layer weights were released (Pi0.split_layer_weights: a Policy on an accelerator keeps "
+    "only the per-layer weights, one copy in memory); pass layer_weights=policy.layer_weights to the model's passes, "
+    "or load the policy with weights_per_layer=False to keep the stacks"
+)
+
+
+def empty_stack(a: jax.Array) -> jax.Array:
+    """The stand-in for a released stack: no layers, the same dtype and per-layer shape."""
+    return jnp.zeros((0, *a.shape[1:]), a.dtype)
+
+
 @struct.dataclass
 class LayerLeaves:
     """The leaves of ``depth`` layers with equal structure: large leaves per layer, small leaves packed.

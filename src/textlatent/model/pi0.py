@@ -324,13 +324,27 @@ class Pi0(nnx.Module):
         feed-forward gate/up halves apart), for ``sample_actions``/``encode_prefix``/``prefix_residuals``
         (``layer_weights=...``). Call it once, outside ``jit``, and pass the result into every call: the slices are
         then plain arrays that the compiled programs read in place, instead of copies made in every call. The
-        arithmetic is the same; the layers run as straight-line code. Costs a second copy of the layer weights.
+        arithmetic is the same; the layers run as straight-line code. Costs a second copy of the layer weights, unless
+        the stacks are dropped (``split_layer_weights``).
         The layers' vectors are packed into one array per model part (``packing.LayerLeaves``): a call pays per array
         passed. ``small_size``: the largest leaf packed (0 packs nothing)."""
         return ModelLayerWeights(
             img=self.PaliGemma.img.layer_weights(small_size=small_size),
             llm=self.PaliGemma.llm.layer_weights([0, 1], small_size),
         )
+
+    def split_layer_weights(self, small_size: int = SMALL_LEAF_SIZE) -> tuple[Pi0, ModelLayerWeights]:
+        """``layer_weights()`` and a copy of this model without the stacks they were cut from (SigLIP's blocks and
+        both Gemma streams; embeddings and the other weights are shared): the weights in memory once instead of
+        twice, once the caller drops this model. The copy's passes need ``layer_weights=`` (without, they raise);
+        this model is unchanged. ``Policy`` does this on accelerators (``weights_per_layer``)."""
+        weights = self.layer_weights(small_size)
+        graphdef, state = nnx.split(self)
+        # New variables over the same arrays (merging ``state`` itself would reuse this model's variables).
+        released = nnx.merge(graphdef, jax.tree.map(lambda a: a, state))
+        released.PaliGemma.llm.release_layer_stacks()
+        released.PaliGemma.img.Transformer.release_layer_stacks()
+        return released, weights.replace(llm=weights.llm.without_rest_stacks())
 
     # ----------------------------------------------------------------------------------------------- prefix pass
     def encode_prefix(
@@ -410,7 +424,14 @@ class Pi0(nnx.Module):
         )
         return captured
 
-    def prefix_attention(self, obs: Observation, query_positions, *, edit: ResidualEdit | None = None) -> jax.Array:
+    def prefix_attention(
+        self,
+        obs: Observation,
+        query_positions,
+        *,
+        edit: ResidualEdit | None = None,
+        layer_weights: ModelLayerWeights | None = None,
+    ) -> jax.Array:
         """Attention probabilities of the prefix at every layer, for queries at prefix ``query_positions`` (e.g.
         ``text_positions(slots)``): float32 [depth, B, num_heads, Q, prefix_len]. No action expert runs.
 
@@ -418,9 +439,10 @@ class Pi0(nnx.Module):
         the keys the query sees and is exactly 0 on masked keys (masked cameras, prompt padding). A query that is
         itself padding sees no key; the model then spreads it uniformly over all keys — weight rows by the
         prompt mask. Asking for attention never changes the passes that do not ask (it is a trace-time option).
+        ``layer_weights``: ``layer_weights()``, cut once by the caller.
         """
         queries = jnp.asarray(query_positions, jnp.int32)
-        _, _, attention = self._prefix_pass(obs, edit=edit, attention_queries=queries)
+        _, _, attention = self._prefix_pass(obs, edit=edit, attention_queries=queries, layer_weights=layer_weights)
         return attention
 
     # ----------------------------------------------------------------------------------------------- suffix pass
@@ -474,6 +496,24 @@ class Pi0(nnx.Module):
                 raise ValueError("sample_actions needs either rng or noise")
             noise = jax.random.normal(rng, (batch, self.config.action_horizon, self.config.action_dim))
         cache, _ = self.encode_prefix(obs, edit=edit, layer_weights=layer_weights)
+        steps = len(sampling_times(num_steps))
+        return self.integrate(obs, cache, noise, start_time=1.0, steps=steps, dt=dt, layer_weights=layer_weights)
+
+    def integrate(
+        self,
+        obs: Observation,
+        cache: PrefixCache,
+        x_t: jax.Array,
+        *,
+        start_time: float,
+        steps: int,
+        dt: float,
+        layer_weights: ModelLayerWeights | None = None,
+    ) -> jax.Array:
+        """``steps`` Euler steps of the flow from ``x_t`` [B, H, action_dim] at ``start_time`` over the prefix
+        ``cache``, ``sample_actions``'s loop (which runs it from 1.0 on noise): the time is carried in float32 from
+        the Python float ``start_time`` adding ``dt``, as openpi's sampler does. ``obs``: preprocessed."""
+        batch = obs.state.shape[0]
         if layer_weights is not None:
             expert_weights = layer_weights.llm
         elif self.config.expert_weights_per_layer:
@@ -495,8 +535,7 @@ class Pi0(nnx.Module):
         # The time carry accumulates t + dt in float32 exactly as openpi (1.0, 0.9, 0.79999995, ...). openpi loops
         # while t >= -dt/2; the count of those steps is known before tracing (``sampling_times``), and a loop with a
         # known count needs no device-to-host read of its condition between steps.
-        steps = len(sampling_times(num_steps))
-        x_0, _, _ = jax.lax.fori_loop(0, steps, lambda _, carry: step(carry), (noise, 1.0, kv))
+        x_0, _, _ = jax.lax.fori_loop(0, steps, lambda _, carry: step(carry), (x_t, start_time, kv))
         return x_0
 
     # -------------------------------------------------------------------------------------------------- training

@@ -10,7 +10,7 @@ from jax import lax
 
 from textlatent.model import ops
 from textlatent.model.config import SiglipConfig
-from textlatent.model.packing import SMALL_LEAF_SIZE, LayerLeaves
+from textlatent.model.packing import SMALL_LEAF_SIZE, STACKS_RELEASED, LayerLeaves, empty_stack
 
 _xavier = jax.nn.initializers.xavier_uniform
 
@@ -127,6 +127,14 @@ class Transformer(nnx.Module):
     def __init__(self, config: SiglipConfig, rngs: nnx.Rngs, *, flash_attention: bool = False):
         self.encoderblock = EncoderBlock(config, rngs, flash_attention=flash_attention)
         self.encoder_norm = _LayerNorm((config.width,))
+        self.layer_stacks_released = False
+
+    def release_layer_stacks(self) -> None:
+        """Replace the stacked block weights by empty stand-ins (as ``Gemma.release_layer_stacks``): passes then need
+        ``layer_weights``."""
+        _, state = nnx.split(self.encoderblock)
+        nnx.update(self.encoderblock, jax.tree.map(empty_stack, state))
+        self.layer_stacks_released = True
 
     def layer_weights(
         self, hidden_multiple: int = HIDDEN_MULTIPLE, small_size: int = SMALL_LEAF_SIZE
@@ -136,6 +144,8 @@ class Transformer(nnx.Module):
         one array (``LayerLeaves``; ``small_size`` 0 packs nothing)."""
         if hidden_multiple < 1:
             raise ValueError(f"hidden_multiple must be a positive integer (1: no padding), got {hidden_multiple}")
+        if self.layer_stacks_released:
+            raise ValueError(STACKS_RELEASED)
         graphdef, state = nnx.split(self.encoderblock)
         hidden = state["MlpBlock_0"]["Dense_0"]["bias"][...].shape[-1]
         pad = -hidden % hidden_multiple
@@ -165,6 +175,8 @@ class Transformer(nnx.Module):
             for block_state in layer_weights.per_layer:
                 x = nnx.merge(layer_weights.graphdef, block_state)(x, dtype)
             return self.encoder_norm(x, dtype=dtype)
+        if self.layer_stacks_released:
+            raise ValueError(STACKS_RELEASED)
         graphdef, state = nnx.split(self.encoderblock)
 
         def run_block(x, block_state):

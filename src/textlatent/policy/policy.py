@@ -87,6 +87,12 @@ class Policy:
         model = _with_config(model, resolved)
         if config.model != resolved:
             config = dataclasses.replace(config, model=resolved)
+        # Every layer's weights cut out of the stacks once, here, instead of in every call (``weights_per_layer``);
+        # the policy's model then keeps no stacks (one copy of the weights in memory, once the caller's model is
+        # dropped): its passes take ``layer_weights``.
+        self._layer_weights = None
+        if resolved.weights_per_layer:
+            model, self._layer_weights = model.split_layer_weights()
         self.model = model
         self.config = config
         self.transforms = transforms
@@ -95,8 +101,6 @@ class Policy:
         self._rng = jax.random.key(0) if rng is None else rng
         # The module is split once; its state is passed as an argument so that jit does not capture the weights.
         self._graphdef, self._state = nnx.split(model)
-        # Every layer's weights cut out of the stacks once, here, instead of in every call (``weights_per_layer``).
-        self._layer_weights = model.layer_weights() if resolved.weights_per_layer else None
         self._jitted: dict = {}
         self._bound: dict = {}
         self._draw = jax.jit(_draw_noises, static_argnums=(2, 3))
@@ -192,7 +196,8 @@ class Policy:
 
     @property
     def layer_weights(self):
-        """The per-layer weights cut at load time (``Pi0.layer_weights``), or None: pass them to the model's passes."""
+        """The per-layer weights cut at load time (``Pi0.split_layer_weights``), or None. When set, ``model`` holds
+        no layer stacks: pass them to its passes (``sample_actions(..., layer_weights=policy.layer_weights)``)."""
         return self._layer_weights
 
     @property
