@@ -119,6 +119,12 @@ def main() -> None:
         gib = 2**30
         memory.append(f"π0's weights in bf16: {checkpoint_bytes(policy.model.config) / gib:.2f} GiB")
         memory.append(f"held by the policy after loading: {(loaded[0] - start[0]) / gib:.2f} GiB")
+        arrays = {id(a): a for a in jax.tree.leaves((policy.model_split[1], policy.layer_weights))}
+        cut = {id(a): a for a in jax.tree.leaves(policy.layer_weights)}
+        memory.append(
+            f"its arrays: {sum(a.nbytes for a in arrays.values()) / gib:.2f} GiB, of which the per-layer weights "
+            f"{sum(a.nbytes for a in cut.values()) / gib:.2f} GiB"
+        )
         memory.append(f"peak while loading (the stacks and their per-layer cuts at once): {loaded[1] / gib:.2f} GiB")
     print("; ".join(memory), flush=True)
     if args.breakdown:
