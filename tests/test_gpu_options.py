@@ -341,6 +341,29 @@ def test_compact_policy_turns_the_options_on_and_exact_policy_off(libero_checkpo
     assert exact_policy.layer_weights is None
 
 
+def test_policy_model_is_built_with_the_options_it_resolves(libero_checkpoint, tokenizer_path):
+    # The attention layout and flash attention are options of the modules, fixed when they are made: resolving them
+    # on the config alone would leave the loaded model running the layout it was built with.
+    policy = _policy(libero_checkpoint, tokenizer_path)
+    config = policy.model.config
+    assert config.aligned_attention
+    attention = policy.model.PaliGemma.llm.layers.attn
+    assert attention.token_major and attention.flash == bool(config.flash_attention)
+    image_attention = policy.model.PaliGemma.img.Transformer.encoderblock.MultiHeadDotProductAttention_0
+    assert image_attention.flash == bool(config.flash_attention)
+
+
+def test_with_config_rebuilds_the_modules_over_the_same_weights(f32_model):
+    config = f32_model.config
+    rebuilt = f32_model.with_config(dataclasses.replace(config, aligned_attention=True, flash_attention=True))
+    assert rebuilt.PaliGemma.llm.layers.attn.token_major and rebuilt.PaliGemma.llm.layers.attn.flash
+    assert not f32_model.PaliGemma.llm.layers.attn.token_major  # the original is left as it was
+    assert rebuilt.PaliGemma.llm.embedder.input_embedding[...] is f32_model.PaliGemma.llm.embedder.input_embedding[...]
+    assert f32_model.with_config(config) is f32_model
+    with pytest.raises(ValueError, match="with_config changes the parameters"):
+        f32_model.with_config(dataclasses.replace(config, action_dim=config.action_dim + 1))
+
+
 def test_explicit_options_win_over_compact(libero_checkpoint, tokenizer_path):
     policy = _policy(libero_checkpoint, tokenizer_path, one_image_pass=False, weights_per_layer=True)
     config = policy.model.config

@@ -233,6 +233,27 @@ class Pi0(nnx.Module):
         self.action_time_mlp_out = Linear(width, width, rngs)
         self.action_out_proj = Linear(width, config.action_dim, rngs)
 
+    def with_config(self, config: Pi0Config) -> Pi0:
+        """This model's weights (shared, not copied) under ``config``, which may differ only in options that leave
+        the parameters as they are (the GPU options, ``unroll_layers``). The modules are built anew, so options read
+        when a module is made (the attention layout, flash attention, unrolled layers) take effect, not only those
+        read from ``self.config`` at call time."""
+        if config == self.config:
+            return self
+        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Pi0(config, nnx.Rngs(0))))
+        _, state = nnx.split(self)
+        # Shapes only: parameters keep the dtype they were loaded in (bf16 checkpoints), whatever the init's.
+        expected = {path: a.shape for path, a in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+        found = {path: a.shape for path, a in jax.tree_util.tree_flatten_with_path(state)[0]}
+        if expected != found:
+            changed = sorted(jax.tree_util.keystr(k) for k in set(expected) ^ set(found) | {
+                k for k in set(expected) & set(found) if expected[k] != found[k]})  # fmt: skip
+            raise ValueError(
+                f"with_config changes the parameters ({', '.join(changed[:5])}{', …' if len(changed) > 5 else ''}); "
+                "only options that keep the weights may change: build a new model for another variant"
+            )
+        return nnx.merge(graphdef, jax.tree.map(lambda a: a, state))
+
     # ----------------------------------------------------------------------------------------------- layout helpers
     def text_positions(self, slots) -> jax.Array:
         """Prefix positions of prompt-token slots (slot 0 = BOS)."""

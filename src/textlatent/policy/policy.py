@@ -54,16 +54,6 @@ def compiler_options(batch: int, *, compact: bool = True) -> dict | None:
     return {"xla_gpu_enable_triton_gemm": False}
 
 
-def _with_config(model: Pi0, config) -> Pi0:
-    """The same weights (shared, not copied) under another model config."""
-    if config == model.config:
-        return model
-    graphdef, state = nnx.split(model)
-    copy = nnx.merge(graphdef, state)
-    copy.config = config
-    return copy
-
-
 class Policy:
     """A π0 policy: request dicts in, action chunks out. Single requests and batches (leading batch axis on every
     array, a list of prompts) are both accepted; a batch of B returns actions [B, H, action_dims]."""
@@ -84,7 +74,7 @@ class Policy:
         model config sets them: the same actions up to float rounding, much less work. ``compact=False`` computes
         openpi's arithmetic and layout, bit for bit (options left at None stay off)."""
         resolved = model.config.resolved(compact, accelerator=jax.default_backend() != "cpu")
-        model = _with_config(model, resolved)
+        model = model.with_config(resolved)  # rebuilt: the attention layout and flash attention are module options
         if config.model != resolved:
             config = dataclasses.replace(config, model=resolved)
         # Every layer's weights cut out of the stacks once, here, instead of in every call (``weights_per_layer``);
