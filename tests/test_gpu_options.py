@@ -420,6 +420,39 @@ def test_policy_with_weights_per_layer_keeps_no_stacks_and_its_tools_run_on_the_
         np.testing.assert_allclose(kind(fast, obs).values, kind(stacked, obs).values, rtol=1e-4, atol=1e-6)
 
 
+def test_a_policy_that_cuts_its_weights_reads_them_into_host_memory_first(
+    libero_checkpoint, tokenizer_path, monkeypatch
+):
+    import textlatent.checkpoint
+    from textlatent.checkpoint import load_model
+    from textlatent.policy import Policy
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("on_host", False))
+        return load_model(*args, **kwargs)
+
+    monkeypatch.setattr(textlatent.checkpoint, "load_model", spy)
+    cut = _policy(libero_checkpoint, tokenizer_path, weights_per_layer=True)
+    _policy(libero_checkpoint, tokenizer_path, weights_per_layer=False)
+    assert calls == [True, False]
+    # On the host the weights are NumPy arrays with the dtype asked for, the values the device load gives.
+    config = cut.config.model
+    host = nnx.to_pure_dict(nnx.state(load_model(config, libero_checkpoint[0] / "params", on_host=True)))
+    device = nnx.to_pure_dict(nnx.state(load_model(config, libero_checkpoint[0] / "params")))
+    for a, b in zip(jax.tree.leaves(host), jax.tree.leaves(device), strict=True):
+        assert isinstance(a, np.ndarray) and a.dtype == b.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(a, np.asarray(b))
+    # The policy holds device arrays only, and computes what a policy made from the device load computes.
+    leaves = jax.tree.leaves((cut.model_split[1], cut.layer_weights))
+    assert leaves and all(isinstance(a, jax.Array) for a in leaves)
+    reference = Policy(load_model(config, libero_checkpoint[0] / "params"), cut.config, cut.transforms)
+    inputs = cut.transforms.inputs(libero_obs(seed=7))
+    noise = np.random.default_rng(8).normal(size=(1, 6, 32)).astype(np.float32)
+    np.testing.assert_array_equal(cut.run_model(inputs, noise), reference.run_model(inputs, noise))
+
+
 def test_fast_policy_stays_within_bf16_rounding(libero_checkpoint, tokenizer_path):
     exact = _policy(libero_checkpoint, tokenizer_path, compact=False)
     fast = _policy(libero_checkpoint, tokenizer_path, weights_per_layer=True)

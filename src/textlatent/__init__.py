@@ -47,7 +47,12 @@ def load_policy(
         raise ValueError(
             f"the tokenizer has {tokenizer.vocab_size} pieces but the model embeds only {config.model.vocab_size}"
         )
-    model = load_model(config.model, directory / "params")
+    # A policy that cuts every layer's weights (``weights_per_layer``) reads them into host memory and puts only the
+    # cuts on the device: loading then peaks at one copy of the weights on the device instead of two.
+    import jax
+
+    cuts = config.model.resolved(compact, accelerator=jax.default_backend() != "cpu").weights_per_layer
+    model = load_model(config.model, directory / "params", on_host=bool(cuts))
     transforms = LiberoTransforms.for_config(config, tokenizer, stats)
     return Policy(
         model, config, transforms, metadata={"config": config.name, "checkpoint": str(checkpoint)}, compact=compact

@@ -132,15 +132,17 @@ def guess_variants(shapes: dict[str, tuple[int, ...]]) -> dict[str, object]:
     return hint
 
 
-def load_model(config: Pi0Config, params_dir: str | pathlib.Path, *, param_dtype=None) -> Pi0:
+def load_model(config: Pi0Config, params_dir: str | pathlib.Path, *, param_dtype=None, on_host: bool = False) -> Pi0:
     """Build ``Pi0(config)`` from the parameters at ``params_dir`` without ever allocating random weights.
 
     The stored tree is checked before any data is read. ``param_dtype`` defaults to the model dtype: bfloat16 for
-    serving (as openpi's policies), float32 otherwise.
+    serving (as openpi's policies), float32 otherwise. ``on_host``: the weights stay NumPy arrays in host memory
+    (for a caller that lays them out before putting them on the device, as ``Policy`` does with
+    ``weights_per_layer``: the device then never holds the stacks and their cuts at once).
     """
     graphdef, state = _abstract_model(config)
     check_tree(_shapes(nnx.to_pure_dict(state)), read_param_shapes(params_dir), where=str(params_dir))
-    params = restore_params(params_dir, dtype=jnp.dtype(param_dtype or config.dtype))
+    params = restore_params(params_dir, dtype=jnp.dtype(param_dtype or config.dtype), as_numpy=on_host)
     nnx.replace_by_pure_dict(state, params)
     return nnx.merge(graphdef, state)
 

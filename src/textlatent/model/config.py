@@ -123,7 +123,8 @@ class Pi0Config:
     expert; q/k/v and gate/up each laid out as one matrix, ``FusedProjections``) out of the stacks once at load time and pass them to
     ``sample_actions(..., layer_weights=Pi0.layer_weights())``, so that no call copies weights; the layers then run as
     straight-line code. The same arithmetic. ``Policy`` then drops the stacks (``Pi0.split_layer_weights``), so the
-    weights are held once; only loading holds both copies for a moment (+5.2 GiB for π0 in bf16). None: ``Policy``
+    weights are held once; ``load_policy`` reads them into host memory first, so that the device never holds the
+    stacks and their cuts together (a model loaded onto the device first peaks at both: +5 GiB for π0). None: ``Policy``
     turns it on with its compact layout on accelerators (not on the CPU, where slices are not the cost), off
     otherwise. The model itself never reads this field."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx, struct
 from jax import lax
 
@@ -160,7 +161,7 @@ class Transformer(nnx.Module):
                 return a
             widths = [(0, 0)] * a.ndim
             widths[axis] = (0, pad)
-            return jnp.pad(a, widths)
+            return np.pad(a, widths) if isinstance(a, np.ndarray) else jnp.pad(a, widths)  # host weights stay there
 
         state = jax.tree_util.tree_map_with_path(pad_hidden, state)
         leaves, layer_def = jax.tree.flatten(state)

@@ -82,7 +82,12 @@ class Policy:
         # dropped): its passes take ``layer_weights``.
         self._layer_weights = None
         if resolved.weights_per_layer:
-            model, self._layer_weights = model.split_layer_weights()
+            model, weights = model.split_layer_weights()
+            # Weights loaded into host memory (``load_policy``) go to the device now, cut; on the device already,
+            # they stay where they are.
+            self._layer_weights = jax.device_put(weights)
+            graphdef, state = nnx.split(model)
+            model = nnx.merge(graphdef, jax.device_put(state))
         self.model = model
         self.config = config
         self.transforms = transforms
