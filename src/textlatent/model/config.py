@@ -124,9 +124,9 @@ class Pi0Config:
     ``sample_actions(..., layer_weights=Pi0.layer_weights())``, so that no call copies weights; the layers then run as
     straight-line code. The same arithmetic. ``Policy`` then drops the stacks (``Pi0.split_layer_weights``), so the
     weights are held once; ``load_policy`` reads them into host memory first, so that the device never holds the
-    stacks and their cuts together (a model loaded onto the device first peaks at both: +5 GiB for π0). None: ``Policy``
-    turns it on with its compact layout on accelerators (not on the CPU, where slices are not the cost), off
-    otherwise. The model itself never reads this field."""
+    stacks and their cuts together (a model loaded onto the device first peaks at both: +5 GiB for π0). None:
+    ``Policy`` turns it on with its compact layout on accelerators (not on the CPU, where slices are not the cost),
+    off otherwise. The model itself never reads this field."""
 
     def __post_init__(self):
         if self.dtype not in ("bfloat16", "float32"):

@@ -83,11 +83,11 @@ class Policy:
         self._layer_weights = None
         if resolved.weights_per_layer:
             model, weights = model.split_layer_weights()
-            # Weights loaded into host memory (``load_policy``) go to the device now, cut; on the device already,
-            # they stay where they are.
             self._layer_weights = jax.device_put(weights)
-            graphdef, state = nnx.split(model)
-            model = nnx.merge(graphdef, jax.device_put(state))
+        # Weights loaded into host memory (``load_model(..., on_host=True)``, as ``load_policy`` does for a policy
+        # that cuts them) go to the device here, the stacks no longer among them; arrays on the device stay put.
+        graphdef, state = nnx.split(model)
+        model = nnx.merge(graphdef, jax.device_put(state))
         self.model = model
         self.config = config
         self.transforms = transforms
