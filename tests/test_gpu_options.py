@@ -451,6 +451,11 @@ def test_a_policy_that_cuts_its_weights_reads_them_into_host_memory_first(
     inputs = cut.transforms.inputs(libero_obs(seed=7))
     noise = np.random.default_rng(8).normal(size=(1, 6, 32)).astype(np.float32)
     np.testing.assert_array_equal(cut.run_model(inputs, noise), reference.run_model(inputs, noise))
+    # A host-memory model served without cutting goes to the device too (not transferred in every call).
+    uncut = dataclasses.replace(cut.config, model=dataclasses.replace(config, weights_per_layer=False))
+    stacked = Policy(load_model(uncut.model, libero_checkpoint[0] / "params", on_host=True), uncut, cut.transforms)
+    assert stacked.layer_weights is None
+    assert all(isinstance(a, jax.Array) for a in jax.tree.leaves(stacked.model_split[1]))
 
 
 def test_fast_policy_stays_within_bf16_rounding(libero_checkpoint, tokenizer_path):
