@@ -37,6 +37,7 @@ def load_policy(
     """
     from textlatent.checkpoint import load_model, load_norm_stats, resolve_checkpoint
     from textlatent.policy import LiberoTransforms, Policy, get_config
+    from textlatent.policy.policy import resolved_model_config
     from textlatent.tokenizer import PaligemmaTokenizer
 
     config = get_config(config_name, **config_overrides)
@@ -50,9 +51,7 @@ def load_policy(
         )
     # A policy that cuts every layer's weights (``weights_per_layer``) reads them into host memory and puts only the
     # cuts on the device: loading then peaks at one copy of the weights on the device instead of two.
-    import jax
-
-    cuts = config.model.resolved(compact, accelerator=jax.default_backend() != "cpu").weights_per_layer
+    cuts = resolved_model_config(config.model, compact=compact).weights_per_layer
     model = load_model(config.model, directory / "params", on_host=bool(cuts))
     transforms = LiberoTransforms.for_config(config, tokenizer, stats)
     return Policy(

@@ -17,7 +17,7 @@ from jax import lax
 from textlatent.model import ops
 from textlatent.model.config import GemmaConfig
 from textlatent.model.intervention import ResidualEdit
-from textlatent.model.packing import SMALL_LEAF_SIZE, STACKS_RELEASED, LayerLeaves, empty_stack
+from textlatent.model.packing import SMALL_LEAF_SIZE, STACKS_RELEASED, LayerLeaves, empty_stack, release_stacks
 
 # (K, V), each [depth, B, S, num_kv_heads, head_dim].
 KVCache = tuple[jax.Array, jax.Array]
@@ -366,12 +366,10 @@ class Gemma(nnx.Module):
         self.layer_stacks_released = False
 
     def release_layer_stacks(self) -> None:
-        """Replace the stacked layer weights by empty stand-ins (``empty_stack``), for a holder of this model's
-        ``layer_weights`` that wants one copy of the weights in memory. Passes then need ``layer_weights``; without
-        them they raise. Call it on a copy (``Pi0.split_layer_weights`` does): the arrays are shared with the model
-        this one was split from."""
-        _, state = nnx.split(self.layers)
-        nnx.update(self.layers, jax.tree.map(empty_stack, state))
+        """Replace the stacked layer weights by empty stand-ins (``packing.release_stacks``), for a holder of this
+        model's ``layer_weights`` that wants one copy of the weights in memory. Passes then need ``layer_weights``;
+        without them they raise."""
+        release_stacks(self.layers)
         self.layer_stacks_released = True
 
     @property

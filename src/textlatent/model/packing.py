@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
+from flax import nnx, struct
 
 SMALL_LEAF_SIZE = 16_384
 """Leaves of at most this many elements (and at most 2 dimensions) are packed; larger ones stay separate arrays.
@@ -32,6 +32,12 @@ STACKS_RELEASED = (
 def empty_stack(a: jax.Array) -> jax.Array:
     """The stand-in for a released stack: no layers, the same dtype and per-layer shape."""
     return jnp.zeros((0, *a.shape[1:]), a.dtype)
+
+
+def release_stacks(module: nnx.Module) -> None:
+    """Replace every variable of ``module`` (weights stacked over layers) by its ``empty_stack``. The arrays are
+    shared with any model ``module`` was split from: call it on a copy (``Pi0.split_layer_weights`` does)."""
+    nnx.update(module, jax.tree.map(empty_stack, nnx.state(module)))
 
 
 @struct.dataclass

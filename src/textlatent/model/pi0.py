@@ -245,9 +245,10 @@ class Pi0(nnx.Module):
         # Shapes only: parameters keep the dtype they were loaded in (bf16 checkpoints), whatever the init's.
         expected = {path: a.shape for path, a in jax.tree_util.tree_flatten_with_path(abstract)[0]}
         found = {path: a.shape for path, a in jax.tree_util.tree_flatten_with_path(state)[0]}
-        if expected != found:
-            changed = sorted(jax.tree_util.keystr(k) for k in set(expected) ^ set(found) | {
-                k for k in set(expected) & set(found) if expected[k] != found[k]})  # fmt: skip
+        changed = sorted(
+            jax.tree_util.keystr(k) for k in expected.keys() | found.keys() if expected.get(k) != found.get(k)
+        )
+        if changed:
             raise ValueError(
                 f"with_config changes the parameters ({', '.join(changed[:5])}{', …' if len(changed) > 5 else ''}); "
                 "only options that keep the weights may change: build a new model for another variant"

@@ -11,7 +11,7 @@ from jax import lax
 
 from textlatent.model import ops
 from textlatent.model.config import SiglipConfig
-from textlatent.model.packing import SMALL_LEAF_SIZE, STACKS_RELEASED, LayerLeaves, empty_stack
+from textlatent.model.packing import SMALL_LEAF_SIZE, STACKS_RELEASED, LayerLeaves, release_stacks
 
 _xavier = jax.nn.initializers.xavier_uniform
 
@@ -131,10 +131,9 @@ class Transformer(nnx.Module):
         self.layer_stacks_released = False
 
     def release_layer_stacks(self) -> None:
-        """Replace the stacked block weights by empty stand-ins (as ``Gemma.release_layer_stacks``): passes then need
+        """Replace the stacked block weights by empty stand-ins (``packing.release_stacks``): passes then need
         ``layer_weights``."""
-        _, state = nnx.split(self.encoderblock)
-        nnx.update(self.encoderblock, jax.tree.map(empty_stack, state))
+        release_stacks(self.encoderblock)
         self.layer_stacks_released = True
 
     def layer_weights(

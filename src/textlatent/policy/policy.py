@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from textlatent.model import Observation, Pi0, ResidualEdit
+from textlatent.model import Observation, Pi0, Pi0Config, ResidualEdit
 from textlatent.model.pi0 import (
     cameras_masked_in_every_row,
     compact_observation,
@@ -54,6 +54,12 @@ def compiler_options(batch: int, *, compact: bool = True) -> dict | None:
     return {"xla_gpu_enable_triton_gemm": False}
 
 
+def resolved_model_config(config: Pi0Config, *, compact: bool) -> Pi0Config:
+    """The model options a ``Policy`` runs with (``Pi0Config.resolved``): the compact path's where ``compact``, the
+    accelerator ones where JAX's default backend is not the CPU."""
+    return config.resolved(compact, accelerator=jax.default_backend() != "cpu")
+
+
 class Policy:
     """A π0 policy: request dicts in, action chunks out. Single requests and batches (leading batch axis on every
     array, a list of prompts) are both accepted; a batch of B returns actions [B, H, action_dims]."""
@@ -73,7 +79,7 @@ class Policy:
         work (``one_image_pass``, ``expert_weights_per_layer``; on accelerators ``weights_per_layer``) unless the
         model config sets them: the same actions up to float rounding, much less work. ``compact=False`` computes
         openpi's arithmetic and layout, bit for bit (options left at None stay off)."""
-        resolved = model.config.resolved(compact, accelerator=jax.default_backend() != "cpu")
+        resolved = resolved_model_config(model.config, compact=compact)
         model = model.with_config(resolved)  # rebuilt: the attention layout and flash attention are module options
         if config.model != resolved:
             config = dataclasses.replace(config, model=resolved)
