@@ -25,6 +25,7 @@ from common import emit, environment, median_ms
 
 from textlatent.latents.capture import LatentCapture
 from textlatent.policy.policy import _sample
+from textlatent.policy.transforms import resize_with_pad
 
 
 def pixel_table_check() -> str:
@@ -83,9 +84,14 @@ def host_breakdown(policy, request: dict, repeats: int) -> None:
         steps.setdefault(name, []).append((time.perf_counter() - start) * 1000)
         return out
 
-    key = jax.random.key(0)
+    key = jax.device_put(jax.random.key(0), jax.devices()[0])
+    on_device = hasattr(policy, "resize_images")  # this code: images resized on the device (older trees: by PIL)
     for i in range(repeats + 2):
-        inputs = timed("transforms.inputs", lambda: policy.transforms.inputs(request))
+        if on_device:
+            inputs = timed("transforms.inputs", lambda: policy.transforms.inputs(request, resize_images=False))
+            inputs = timed("images resized on the device (dispatch)", lambda i=inputs: policy.resize_images(i))
+        else:
+            inputs = timed("transforms.inputs", lambda: policy.transforms.inputs(request))
         inputs.pop("batched")
         observation = timed("model observation", lambda i=inputs: policy._observation(i, convert_uint8=False))
         call = functools.partial(program, policy.model_split[1], key, observation, None, None, policy.layer_weights,
@@ -138,8 +144,18 @@ def main() -> None:
             request = {k: v[0] for k, v in request.items()}  # a single, unbatched request, as a robot sends it
         ms = median_ms(lambda request=request: policy.infer(request)["actions"], args.repeats)
         rows.append((f"Policy.infer, batch {batch}", ms, f"{batch / ms * 1000:.1f} chunks/s"))
+        # Frames a client resized to 224×224 itself (openpi's LIBERO client does): no resize on the server's side.
+        small = {k: resize_with_pad(v, 224, 224) if "image" in k else v for k, v in request.items()}
+        small_ms = median_ms(lambda small=small: policy.infer(small)["actions"], args.repeats)
+        rows.append(
+            (
+                f"Policy.infer, batch {batch}, frames sent at 224×224",
+                small_ms,
+                f"{batch / small_ms * 1000:.1f} chunks/s",
+            )
+        )
         # The same program alone, its inputs already on the device: the rest of infer is host work.
-        inputs = policy.transforms.inputs(request)
+        inputs = policy.transforms.inputs(request)  # resized by PIL: the program alone
         inputs.pop("batched")
         # As infer runs it: uint8 images converted inside the program where the policy does that (this code).
         in_program = hasattr(policy, "_pixel_values")

@@ -26,15 +26,21 @@ from flax import nnx
 import textlatent
 from textlatent.latents.latent import LatentFileError, TextLatent
 from textlatent.model import Observation
+from textlatent.model.pi0 import lookup_pixel_values, uint8_pixel_values
 from textlatent.policy import Policy
 from textlatent.policy.policy import observation_from_inputs
 
 logger = logging.getLogger(__name__)
 
 
-def _prompt_sums(graphdef, state, observation: Observation, weights: jax.Array, layer_weights=None) -> jax.Array:
+def _prompt_sums(
+    graphdef, state, observation: Observation, weights: jax.Array, layer_weights=None, pixel_values=None
+) -> jax.Array:
     """Σ_b weights[b] · h[l, b, slot] in float32: [layers, prompt slots, width]. ``layer_weights``: the policy's
-    weights cut per layer at load time (faster on accelerators), or None."""
+    weights cut per layer at load time (faster on accelerators), or None. ``pixel_values``: ``uint8_pixel_values()``
+    when ``observation`` holds uint8 images (converted here by table lookup: the eager conversion's bits)."""
+    if pixel_values is not None:
+        observation = lookup_pixel_values(observation, pixel_values)
     model = nnx.merge(graphdef, state)
     slots = jnp.arange(model.config.max_token_len)
     positions = model.text_positions(slots)
@@ -67,11 +73,14 @@ class LatentCapture:
         # The policy's XLA options for this batch size (on a GPU, cuBLAS for large batches); the model's graphdef
         # bound in, not hashed as a static argument in every call.
         self._sums = policy.jitted(policy.bound(_prompt_sums), batch_size)
+        self._pixel_values = uint8_pixel_values()
         self.running: dict[str, _Running] = {}
 
     def add(self, request: dict) -> int:
         """Add the frames of one request; returns how many were added."""
-        inputs = self.policy.transforms.inputs(request)
+        # Images stay at the size they came in (a dataset's 256×256 frames): they are resized on the accelerator,
+        # batch by batch, with PIL's bytes.
+        inputs = self.policy.transforms.inputs(request, resize_images=False)
         inputs.pop("batched")
         prompts = _request_prompts(request, inputs["state"].shape[0])
         for prompt in dict.fromkeys(prompts):
@@ -84,10 +93,10 @@ class LatentCapture:
         # Pad to the batch size with copies of the first row at weight 0: one compiled program for every batch.
         padded = np.concatenate([rows, np.full(self.batch_size - len(rows), rows[0])])
         weights = (np.arange(self.batch_size) < len(rows)).astype(np.float32)
-        batch = jax.tree.map(lambda x: x[padded], inputs)
+        batch = self.policy.resize_images(jax.tree.map(lambda x: x[padded], inputs))
         max_token_len = self.policy.model.config.max_token_len
-        observation = observation_from_inputs(batch, max_token_len, compact=not self.exact_padding)
-        sums = self._sums(self._state, observation, jnp.asarray(weights), self.policy.layer_weights)
+        observation = observation_from_inputs(batch, max_token_len, compact=not self.exact_padding, convert_uint8=False)
+        sums = self._sums(self._state, observation, jnp.asarray(weights), self.policy.layer_weights, self._pixel_values)
         entry = self.running.get(prompt)
         if entry is None:
             mask = batch["tokenized_prompt_mask"][0]

@@ -20,6 +20,7 @@ from textlatent.model.pi0 import (
     uint8_pixel_values,
 )
 from textlatent.policy.config import PolicyConfig
+from textlatent.policy.resize import resize_all_on_device
 from textlatent.policy.transforms import LiberoTransforms, ObservationError
 
 
@@ -99,7 +100,9 @@ class Policy:
         self.transforms = transforms
         self.metadata = dict(metadata or {})
         self.compact = compact
-        self._rng = jax.random.key(0) if rng is None else rng
+        # Placed on the device as the sampling program's outputs are (the key of the next call is one): jit compiles
+        # anew for an argument placed differently, so an unplaced first key would compile the model twice.
+        self._rng = jax.device_put(jax.random.key(0) if rng is None else rng, jax.devices()[0])
         # The module is split once; its state is passed as an argument so that jit does not capture the weights.
         self._graphdef, self._state = nnx.split(model)
         self._jitted: dict = {}
@@ -123,7 +126,7 @@ class Policy:
         policy's key, split once per call as openpi does. ``edit`` writes into the prefix residual stream.
         """
         start = time.monotonic()
-        inputs = self.transforms.inputs(obs)
+        inputs = self.resize_images(self.transforms.inputs(obs, resize_images=False))
         batched = inputs.pop("batched")
         state = inputs["state"]
         observation = self._observation(inputs, convert_uint8=False)
@@ -177,6 +180,18 @@ class Policy:
             num_steps=self.config.num_steps,
         )
         return np.asarray(jax.device_get(actions))
+
+    def resize_images(self, inputs: dict) -> dict:
+        """``inputs`` (from ``transforms.inputs(..., resize_images=False)``) with the cameras the model reads resized
+        to its resolution on the accelerator, in one program: PIL's bytes (``resize.resize_with_pad``) without PIL's
+        host time. Images already at size are put on the device as they are; cameras the compact layout drops
+        (masked in every row) are left alone."""
+        height, width = self.model.config.image_resolution
+        images = inputs["image"]
+        dropped = set(cameras_masked_in_every_row(images, inputs.get("image_mask", {}))) if self.compact else set()
+        keys = [key for key in images if key not in dropped]
+        resized = resize_all_on_device([images[key] for key in keys], height, width)
+        return {**inputs, "image": {**images, **dict(zip(keys, resized, strict=True))}}
 
     def bound(self, fn):
         """``fn`` with this policy's model graphdef bound as its first argument, made once per function and kept.

@@ -96,15 +96,29 @@ def resize_all_with_pad(arrays: list[np.ndarray], height: int, width: int) -> li
     return out
 
 
-def _resize_one(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    pil = Image.fromarray(image)
-    cur_w, cur_h = pil.size
-    ratio = max(cur_w / width, cur_h / height)
+def resized_geometry(in_h: int, in_w: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """(new_h, new_w, top, left) of openpi's resize with pad: the aspect-preserving size and where it is pasted."""
+    ratio = max(in_w / width, in_h / height)
     # (openpi truncates; a sliver-shaped image would truncate to 0 pixels, which PIL cannot resize to)
-    new_h, new_w = max(1, int(cur_h / ratio)), max(1, int(cur_w / ratio))
-    resized = pil.resize((new_w, new_h), resample=Image.BILINEAR)
+    new_h, new_w = max(1, int(in_h / ratio)), max(1, int(in_w / ratio))
+    return new_h, new_w, max(0, int((height - new_h) / 2)), max(0, int((width - new_w) / 2))
+
+
+def _resize_one(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    cur_h, cur_w = image.shape[:2]
+    new_h, new_w, top, left = resized_geometry(cur_h, cur_w, height, width)
+    # One axis at a time, the width first: the bytes of openpi's Pillow (11.2.1), whose two-pass resize always runs
+    # the horizontal pass first. Pillow 13 runs the vertical pass first for images whose height shrinks by more than
+    # twice as many pixels as their width, which rounds differently; a single-axis resize is one pass in every version.
+    resized = Image.fromarray(image)
+    if new_w != cur_w:
+        resized = resized.resize((new_w, cur_h), resample=Image.BILINEAR)
+    if new_h != cur_h:
+        resized = resized.resize((new_w, new_h), resample=Image.BILINEAR)
+    if (new_h, new_w) == (height, width):
+        return np.asarray(resized)
     canvas = Image.new(resized.mode, (width, height), 0)
-    canvas.paste(resized, (max(0, int((width - new_w) / 2)), max(0, int((height - new_h) / 2))))
+    canvas.paste(resized, (left, top))
     return np.asarray(canvas)
 
 
@@ -199,8 +213,11 @@ class LiberoTransforms:
             )
         return state.ndim == 2
 
-    def inputs(self, obs: dict) -> dict:
-        """Request → batched model inputs (numpy): image/image_mask dicts, state float32 [B, 32], prompt ids/mask."""
+    def inputs(self, obs: dict, *, resize_images: bool = True) -> dict:
+        """Request → batched model inputs (numpy): image/image_mask dicts, state float32 [B, 32], prompt ids/mask.
+
+        ``resize_images=False`` leaves the cameras' images at the size they were sent (uint8 [B, h, w, 3]) for a
+        caller that resizes them on the accelerator (``resize.resize_all_on_device``: the same bytes)."""
         batched = self.is_batched(obs)
         state = as_array(STATE_KEY, obs[STATE_KEY])
         if not (np.issubdtype(state.dtype, np.floating) or np.issubdtype(state.dtype, np.integer)):
@@ -228,12 +245,13 @@ class LiberoTransforms:
         padded = _pad(normalized, self.model_action_dim, 0.0)
 
         height, width = self.image_resolution
-        base, wrist = resize_all_with_pad([base, wrist], height, width)
+        if resize_images:
+            base, wrist = resize_all_with_pad([base, wrist], height, width)
         tokens, masks = zip(*(self.tokenizer.tokenize(p) for p in prompts), strict=True)
         b = base.shape[0]
         first, second, third = self.image_keys
         return {
-            "image": {first: base, second: wrist, third: np.zeros_like(base)},
+            "image": {first: base, second: wrist, third: np.zeros((b, height, width, 3), np.uint8)},
             "image_mask": {first: np.ones(b, bool), second: np.ones(b, bool), third: np.zeros(b, bool)},
             # openpi hands the float64 state to jnp.asarray, i.e. float32 with x64 disabled.
             "state": padded.astype(np.float32),
