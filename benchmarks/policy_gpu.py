@@ -97,6 +97,8 @@ def host_breakdown(policy, request: dict, repeats: int) -> None:
         call = functools.partial(program, policy.model_split[1], key, observation, None, None, policy.layer_weights,
                                  policy._pixel_values, num_steps=policy.config.num_steps)  # fmt: skip
         actions, key = timed("dispatch of the program", call)
+        if on_device:  # this code also queues the copy back behind the chunk
+            timed("copy back queued", lambda a=actions: a.copy_to_host_async())
         timed("device work not overlapped", lambda a=actions: jax.block_until_ready(a))
         host = timed("actions to the host", lambda a=actions: np.asarray(jax.device_get(a)))
         timed("transforms.outputs", lambda h=host, i=inputs: policy.transforms.outputs(h, i["state"]))
