@@ -59,6 +59,18 @@ def test_a_non_square_target_and_images_already_at_size():
         resize.resize_with_pad(at_size.astype(np.float32), 224, 224)
 
 
+def test_large_frames_are_resized_without_large_intermediates():
+    # The first pass gathers its taps one at a time from the uint8 frames: the program keeps only the uint8 result
+    # of that pass, not the frames as int32 (4× the input) nor every tap at once (39 taps for a 4096-pixel side).
+    shape = (1, 4096, 4096, 3)
+    compiled = resize._jitted_resize_all(224, 224).lower([jax.ShapeDtypeStruct(shape, np.uint8)]).compile()
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        pytest.skip("this backend reports no memory analysis")
+    after_first_pass = 4096 * 224 * 3
+    assert analysis.temp_size_in_bytes <= 4 * after_first_pass
+
+
 def test_cameras_resized_together_equal_each_alone():
     cameras = [_images(90, 70), _images(48, 64), _images(30, 200)]  # the second is at size: only placed
     together = resize.resize_all_on_device(cameras, 48, 64)
