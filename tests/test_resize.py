@@ -205,7 +205,7 @@ def test_capture_of_larger_frames_equals_capture_of_frames_resized_by_pil(policy
         key0, key1 = policy.model.config.image_keys[:2]
         resized.append(_with_images(obs, host[key0][0], host[key1][0]))
     for exact_padding in (False, True):
-        raw, pre = LatentCapture(policy, batch_size=4, exact_padding=exact_padding), None
+        raw = LatentCapture(policy, batch_size=4, exact_padding=exact_padding)
         pre = LatentCapture(policy, batch_size=4, exact_padding=exact_padding)
         for a, b in zip(frames, resized, strict=True):
             raw.add(a)
