@@ -1,6 +1,6 @@
 """Two cameras' frames resized to 224×224 as the policy takes them: by PIL on the host (the transforms' thread pool)
-and on the accelerator (``textlatent.policy.resize``: both cameras in one program, host arrays in, waited for), at several batch sizes; with a
-check that both give the same bytes on this backend.
+and on the accelerator (``textlatent.policy.resize``: both cameras in one program, host arrays in, waited for), at
+several batch sizes; with a check that both give the same bytes on this backend.
 
     PYTHONPATH=src python benchmarks/resize.py --out benchmarks/results/resize_h100.md
 """

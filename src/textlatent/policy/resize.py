@@ -69,7 +69,7 @@ def _resample_axis(images: jax.Array, axis: int, out_size: int) -> jax.Array:
         index = np.minimum(starts + tap, in_size - 1)
         w = jnp.asarray(weights[:, tap].reshape(out_size, *trailing))
         total = total + jnp.take(images, jnp.asarray(index), axis=axis).astype(jnp.int32) * w
-    # ≤ 255 · Σ weights + 2^21 < 2^31: bilinear weights are non-negative and sum to ≈ 2^22, so int32 cannot overflow.
+    # ≤ 255 · Σ weights + 2^21 < 2^31: bilinear weights are non-negative and sum to ≈ 2^22: no int32 overflow.
     return jnp.clip(total >> PRECISION_BITS, 0, 255).astype(jnp.uint8)
 
 
