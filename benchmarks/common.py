@@ -3,6 +3,7 @@ line that says where and on what a table was measured."""
 
 from __future__ import annotations
 
+import collections
 import datetime
 import glob
 import os
@@ -68,6 +69,63 @@ def kernel_times(fn, calls: int) -> tuple[float, dict[str, list]]:
     for row in table.values():
         row[1] //= calls
     return wall, table
+
+
+def gpu_timeline(fn, top: int = 12) -> dict:
+    """One profiled call of ``fn`` (after one warm-up) as a GPU timeline: its span from the first kernel's start to
+    the last one's end, the time some kernel ran (overlaps counted once), the idle time in between, and the longest
+    idle gaps with the kernels on either side and where in the span they fall (0 = start, 1 = end)."""
+    jax.block_until_ready(fn())
+    with tempfile.TemporaryDirectory() as trace_dir:
+        jax.profiler.start_trace(trace_dir)
+        jax.block_until_ready(fn())
+        jax.profiler.stop_trace()
+        files = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+        if not files:
+            return {}
+        data = jax.profiler.ProfileData.from_file(files[0])
+    events, host = [], []
+    for plane in data.planes:
+        if "gpu" not in plane.name.lower():
+            host += [(e.start_ns, e.start_ns + e.duration_ns, e.name) for line in plane.lines for e in line.events]
+            continue
+        for line in plane.lines:
+            if line.name.lower() in ("xla ops", "xla modules", "steps", "source", "tf ops", "launch stats"):
+                continue
+            events += [(e.start_ns, e.start_ns + e.duration_ns, e.name) for e in line.events]
+    if not events:
+        return {}
+    events.sort()
+    busy, gaps, end, last = 0.0, [], events[0][0], events[0][2]
+    for start, stop, name in events:
+        if start > end:
+            gaps.append((start - end, end, last, name))
+        if stop > end:
+            busy += stop - max(start, end)
+            end, last = stop, name
+    first = events[0][0]
+    span = end - first
+    gaps.sort(reverse=True)
+    # What the host was doing during the longest gap: the host events overlapping it, by name.
+    during = collections.Counter()
+    if gaps:
+        length, gap_start = gaps[0][0], gaps[0][1]
+        for start, stop, name in host:
+            overlap = min(stop, gap_start + length) - max(start, gap_start)
+            if overlap > 0:
+                during[name[:90]] += overlap / 1e3
+    return {
+        "span_ms": span / 1e6,
+        "busy_ms": busy / 1e6,
+        "idle_ms": sum(g[0] for g in gaps) / 1e6,
+        "gaps_over_5us": sum(g[0] > 5000 for g in gaps),
+        "idle_in_gaps_over_5us_ms": sum(g[0] for g in gaps if g[0] > 5000) / 1e6,
+        "host_during_longest_gap_us": dict(during.most_common(2 * top)),
+        "longest_gaps": [
+            {"us": g / 1e3, "at": (at - first) / span, "after": before[:80], "before": after[:80]}
+            for g, at, before, after in gaps[:top]
+        ],
+    }
 
 
 def environment() -> str:

@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from common import TINY_MODEL, environment, kernel_times, median_ms
+from common import TINY_MODEL, environment, gpu_timeline, kernel_times, median_ms
 from pi0_latency import libero_observation, random_params
 
 from textlatent.checkpoint import model_from_params
@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2, help="noise/observation seeds for the distance checks")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--no-capture", action="store_true")
+    parser.add_argument("--no-check", action="store_true", help="skip the float32 and reference runs (timing only)")
     parser.add_argument("--flash-min-queries", type=int, help="override ops.FLASH_MIN_QUERIES (a probe)")
     args = parser.parse_args()
     if args.flash_min_queries is not None:
@@ -89,20 +90,22 @@ def main() -> None:
             inputs[b, seed] = (obs, noise)
     capture_obs = compact_observation(libero_observation(base, 32), base.max_token_len)
 
-    # float32 arithmetic on the same weights (the reference layout, scan over stacked weights): the yardstick for
-    # how far bf16 serving arithmetic is from exact, per input.
-    f32_config = dataclasses.replace(base, dtype="float32")
-    f32 = model_from_params(f32_config, jax.tree.map(lambda x: x.astype(jnp.float32), params))
-    f32_graphdef, f32_state = nnx.split(f32)
-    f32_sample = jax.jit(lambda s, o, n: nnx.merge(f32_graphdef, s).sample_actions(None, o, noise=n))
-    exact = {key: np.asarray(f32_sample(f32_state, *value), np.float64) for key, value in inputs.items()}
-    del f32, f32_state
-    # The unoptimized bf16 path (stacked weights, scan, openpi's layouts) on the compact layout.
-    ref_model = model_from_params(base, params)
-    ref_graphdef, ref_state = nnx.split(ref_model)
-    ref_sample = jax.jit(lambda s, o, n: nnx.merge(ref_graphdef, s).sample_actions(None, o, noise=n))
-    reference = {key: np.asarray(ref_sample(ref_state, *value), np.float64) for key, value in inputs.items()}
-    del ref_model, ref_state
+    exact = reference = None
+    if not args.no_check:
+        # float32 arithmetic on the same weights (the reference layout, scan over stacked weights): the yardstick for
+        # how far bf16 serving arithmetic is from exact, per input.
+        f32_config = dataclasses.replace(base, dtype="float32")
+        f32 = model_from_params(f32_config, jax.tree.map(lambda x: x.astype(jnp.float32), params))
+        f32_graphdef, f32_state = nnx.split(f32)
+        f32_sample = jax.jit(lambda s, o, n: nnx.merge(f32_graphdef, s).sample_actions(None, o, noise=n))
+        exact = {key: np.asarray(f32_sample(f32_state, *value), np.float64) for key, value in inputs.items()}
+        del f32, f32_state
+        # The unoptimized bf16 path (stacked weights, scan, openpi's layouts) on the compact layout.
+        ref_model = model_from_params(base, params)
+        ref_graphdef, ref_state = nnx.split(ref_model)
+        ref_sample = jax.jit(lambda s, o, n: nnx.merge(ref_graphdef, s).sample_actions(None, o, noise=n))
+        reference = {key: np.asarray(ref_sample(ref_state, *value), np.float64) for key, value in inputs.items()}
+        del ref_model, ref_state
 
     summary = {"environment": environment(), "variants": {}}
     print(summary["environment"], flush=True)
@@ -124,6 +127,24 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(f"{r[k]:.4g}" if k in r else "" for k in keys) + " |")
 
 
+def in_turn(compiled, state, inputs, copies: int = 4):
+    """A call of ``compiled`` on the next of ``copies`` copies of ``inputs``: new buffers each call."""
+    pool = [jax.tree.map(jnp.copy, inputs) for _ in range(copies)]
+    calls = iter(range(10**9))
+    return lambda: compiled(state, *pool[next(calls) % copies])
+
+
+def fed_back(compiled, state, obs, noise):
+    """Calls of ``compiled`` (its noise donated) on the same observation, each call's actions the next noise."""
+    carry = [jnp.copy(noise)]
+
+    def call():
+        carry[0] = compiled(state, obs, carry[0])
+        return carry[0]
+
+    return call
+
+
 def measure_variant(name, options, compiler, base, params, inputs, capture_obs, reference, exact, args) -> dict:
     batches = tuple(args.batches)
     config = dataclasses.replace(base, **{**DEFAULT_OPTIONS, **options})
@@ -131,6 +152,9 @@ def measure_variant(name, options, compiler, base, params, inputs, capture_obs, 
     graphdef, state = nnx.split(model)
     compiler = dict(compiler)
     small = compiler.pop("x_small_size", None)  # packing of the layers' vectors (``Pi0.layer_weights``)
+    # The chunk's noise donated and each call's actions fed back as the next noise: every buffer the program reads or
+    # writes keeps its address from call to call (a probe of what XLA's recorded command buffers cost to update).
+    stable = compiler.pop("x_stable_buffers", False)
     weights = jax.block_until_ready(model.layer_weights(**({} if small is None else {"small_size": small})))
     full_state = (state, weights)
 
@@ -148,10 +172,20 @@ def measure_variant(name, options, compiler, base, params, inputs, capture_obs, 
     programs = {}
     for b in batches:
         t0 = time.perf_counter()
-        compiled = jit(sample).lower(full_state, *inputs[b, 0]).compile()
+        compiled = (jit(sample, donate_argnums=2) if stable else jit(sample)).lower(full_state, *inputs[b, 0]).compile()
         result[f"compile b{b} s"] = time.perf_counter() - t0
+        if stable:
+            loop = fed_back(compiled, full_state, *inputs[b, 0])
+            result[f"chunk b{b} ms"] = median_ms(loop, args.repeats)
+            programs[f"chunk_b{b}"] = (loop, None)
+            continue
         programs[f"chunk_b{b}"] = (compiled, (full_state, *inputs[b, 0]))
         result[f"chunk b{b} ms"] = median_ms(functools.partial(compiled, full_state, *inputs[b, 0]), args.repeats)
+        # As a served policy is called: each request's inputs in new buffers (four copies in turn), which makes XLA
+        # update its recorded command buffers.
+        result[f"chunk b{b} new inputs ms"] = median_ms(in_turn(compiled, full_state, inputs[b, 0]), args.repeats)
+        if reference is None:
+            continue
         d_ref, d_exact, ref_exact = [], [], []
         for seed in range(args.seeds):
             got = np.asarray(compiled(full_state, *inputs[b, seed]), np.float64)
@@ -171,14 +205,31 @@ def measure_variant(name, options, compiler, base, params, inputs, capture_obs, 
 
     if name in args.profile:
         for program, (compiled, program_inputs) in programs.items():
-            with gzip.open(args.out / f"{name}_{program}.hlo.txt.gz", "wt") as f:
-                f.write(compiled.as_text())
-            wall, table = kernel_times(functools.partial(compiled, *program_inputs), 3)
+            if program_inputs is None:  # a call that feeds its output back (``x_stable_buffers``)
+                call = new_buffers = compiled
+            else:
+                with gzip.open(args.out / f"{name}_{program}.hlo.txt.gz", "wt") as f:
+                    f.write(compiled.as_text())
+                call = functools.partial(compiled, *program_inputs)
+                new_buffers = in_turn(compiled, program_inputs[0], program_inputs[1:])
+            wall, table = kernel_times(call, 3)
             busy = sum(r[0] for r in table.values())
             launches = sum(r[1] for r in table.values())
             result[f"profile {program}"] = {"traced_wall_ms": wall, "busy_ms": busy, "launches": launches,
                                             "kernels": table}  # fmt: skip
             print(f"[{name}] {program}: traced {wall:.2f} ms, GPU busy {busy:.2f} ms in {launches} kernels")
+            timeline = gpu_timeline(new_buffers)
+            result[f"profile {program}"]["timeline"] = timeline
+            if timeline:
+                print(
+                    f"[{name}] {program} timeline: span {timeline['span_ms']:.2f} ms, busy {timeline['busy_ms']:.2f}, "
+                    f"idle {timeline['idle_ms']:.2f} ({timeline['gaps_over_5us']} gaps over 5 µs: "
+                    f"{timeline['idle_in_gaps_over_5us_ms']:.2f} ms)"
+                )
+                for gap in timeline["longest_gaps"]:
+                    print(f"    gap {gap['us']:8.1f} µs at {gap['at']:.3f}: {gap['after'][:45]} → {gap['before'][:45]}")
+                for host_event, us in timeline["host_during_longest_gap_us"].items():
+                    print(f"    host during the longest gap: {us:8.1f} µs  {host_event}")
             for kname, (kms, n) in sorted(table.items(), key=lambda kv: -kv[1][0])[:12]:
                 print(f"    {kms:7.3f} ms {n:5d}×  {kname[:100]}")
     del model, state, weights, full_state, programs
