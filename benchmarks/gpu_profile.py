@@ -41,6 +41,9 @@ def _parse(value: str):
     lowered = value.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
+    parts = [part for part in value.split(",") if part]
+    if "," in value and all(part.lstrip("-").isdigit() for part in parts):
+        return tuple(int(part) for part in parts)  # e.g. siglip_command_buffer_breaks=1|4|13
     try:
         return int(value)
     except ValueError:

@@ -507,3 +507,48 @@ def test_siglip_layer_weights_pad_the_hidden_width_with_units_that_add_nothing()
     np.testing.assert_allclose(encoder(x, jnp.float32, plain), expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="hidden_multiple"):
         encoder.layer_weights(hidden_multiple=0)
+
+
+@pytest.mark.parametrize(
+    "x",
+    [
+        np.asarray([[1.5, -0.0, np.nan], [np.inf, -np.inf, 3.0]], np.float32),
+        np.asarray(jax.random.normal(jax.random.key(7), (2, 5, 7), jnp.bfloat16)),
+        np.asarray([-0.0], np.float32),
+    ],
+    ids=["special-values", "bf16", "one-element"],
+)
+def test_command_buffer_break_returns_its_input_bit_for_bit(x):
+    got = np.asarray(jax.jit(ops.command_buffer_break)(x))
+    bits = np.uint16 if x.dtype.itemsize == 2 else np.uint32
+    np.testing.assert_array_equal(got.view(bits), x.view(bits))  # NaN, inf and -0.0 included
+    # The convolution that ends a GPU command buffer is still there after XLA's simplifications.
+    assert "convolution(" in jax.jit(ops.command_buffer_break).lower(x).compile().as_text()
+
+
+def test_siglip_command_buffer_breaks_keep_the_actions_bit_for_bit(f32_model):
+    config = f32_model.config
+    broken = _with(f32_model, siglip_command_buffer_breaks=(0,))
+    assert broken.PaliGemma.img.Transformer.command_buffer_breaks == (0,)
+    obs = make_observation(config, batch=2, seed=12)
+    noise = jax.random.normal(jax.random.key(8), (2, config.action_horizon, config.action_dim))
+    expected = _sample(f32_model, obs, noise, f32_model.layer_weights())
+    np.testing.assert_array_equal(_sample(broken, obs, noise, broken.layer_weights()), expected)
+
+    def convolutions(model):
+        graphdef, state = nnx.split(model)
+        weights = model.layer_weights()
+        run = jax.jit(lambda s, w: nnx.merge(graphdef, s).sample_actions(None, obs, noise=noise, layer_weights=w))
+        return run.lower(state, weights).compile().as_text().count("convolution(")
+
+    # One break in each SigLIP pass, beside its patch embedding (one pass per camera without one_image_pass).
+    assert convolutions(broken) == 2 * convolutions(f32_model)
+    # A rebuilt model with the option gets the breaks; the scan over stacked weights has none to place.
+    assert f32_model.with_config(broken.config).PaliGemma.img.Transformer.command_buffer_breaks == (0,)
+
+
+@pytest.mark.parametrize("breaks", [(26,), (-1,), [1], (1.0,)])
+def test_siglip_command_buffer_breaks_must_name_blocks_before_the_last(breaks):
+    with pytest.raises(ValueError, match=r"siglip_command_buffer_breaks must be a tuple of SigLIP block indices"):
+        Pi0Config(siglip_command_buffer_breaks=breaks)
+    assert Pi0Config(siglip_command_buffer_breaks=(1, 4, 13)).siglip_command_buffer_breaks == (1, 4, 13)

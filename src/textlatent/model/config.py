@@ -118,6 +118,14 @@ class Pi0Config:
     openpi rounds them to bf16; the softmax normalises the output instead of the probabilities). The flow steps keep
     their matrix products. Only for passes of ``ops.FLASH_MIN_QUERIES`` queries or more, on Hopper or newer GPUs;
     a no-op elsewhere. None: ``Policy`` turns it on with its compact layout on accelerators."""
+    siglip_command_buffer_breaks: tuple[int, ...] = ()
+    """SigLIP blocks after which the recorded GPU command buffer ends (``ops.command_buffer_break``), when the
+    blocks run as straight-line code (``weights_per_layer``): the same function (bit for bit in float32; in bf16 a
+    block's output is then rounded where XLA could otherwise carry it unrounded into the next block's fusion). XLA
+    records the kernels between the patch-embedding convolution and the flow loop (≈ 1000 at batch 1) as one CUDA
+    graph, whose launch keeps the host busy 1.1–1.7 ms while the GPU waits (``benchmarks/NOTES-gpu.md``, tenth
+    round); breaks after blocks such as (1, 4, 13) let the GPU start on the first blocks while the host launches the
+    rest. Not measured yet, so off by default."""
     weights_per_layer: bool | None = None
     """For whoever holds the model for many calls (``Policy``): cut every layer's weights (SigLIP, PaliGemma and the
     expert; q/k/v and gate/up each laid out as one matrix, ``FusedProjections``) out of the stacks once at load time and pass them to
@@ -138,7 +146,13 @@ class Pi0Config:
                     f"paligemma_variant {self.paligemma_variant!r} and action_expert_variant "
                     f"{self.action_expert_variant!r} must share {field} to share attention"
                 )
-        siglip_config(self.siglip_variant)
+        depth = siglip_config(self.siglip_variant).depth
+        breaks = self.siglip_command_buffer_breaks
+        if not isinstance(breaks, tuple) or not all(isinstance(b, int) and 0 <= b < depth - 1 for b in breaks):
+            raise ValueError(
+                f"siglip_command_buffer_breaks must be a tuple of SigLIP block indices in [0, {depth - 2}] (a break "
+                f"after block i, before block i + 1), got {breaks!r}"
+            )
         for size in self.image_resolution:
             if size % siglip_config(self.siglip_variant).patch_size:
                 raise ValueError(f"image_resolution {self.image_resolution} is not a multiple of the patch size")

@@ -105,6 +105,22 @@ def flash_attention(q, k, v, mask=None):
     return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=1.0, implementation="cudnn")
 
 
+def command_buffer_break(x):
+    """``x`` unchanged (bit for bit, NaN and -0.0 included), after a tiny convolution that depends on it and that
+    everything reading the result waits for. On a GPU, XLA records runs of kernels as CUDA graphs but runs
+    convolutions outside them, so the graph in progress ends here. A large graph takes the host ~1.3 µs a kernel to
+    launch, and the GPU waits for all of it (``benchmarks/NOTES-gpu.md``, tenth round); graphs that grow along the
+    program let the GPU start while the host launches the rest."""
+    probe = jnp.ravel(x)[:9].astype(jnp.float32)
+    probe = jnp.pad(probe, (0, 9 - probe.shape[0])).reshape(1, 3, 3, 1)
+    # A 2×2 window over 3×3 pixels: neither a 1×1 window nor the whole input, so XLA keeps it a convolution.
+    zero = lax.conv_general_dilated(
+        probe, jnp.zeros((2, 2, 1, 1), jnp.float32), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    # Always true (the kernel is zero; NaN != 1 too), but not provably so: x itself, ordered after the convolution.
+    return jnp.where(zero[0, 0, 0, 0] != 1, x, -x)
+
+
 def make_attn_mask(input_mask, mask_ar):
     """Prefix-LM block mask: token i sees valid token j iff j's block index (cumsum of ``mask_ar``) is ≤ i's.
 

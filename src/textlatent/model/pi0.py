@@ -224,6 +224,7 @@ class Pi0(nnx.Module):
             dtype=config.dtype,
             rngs=rngs,
             flash_attention=bool(config.flash_attention),
+            command_buffer_breaks=config.siglip_command_buffer_breaks,
         )
         self.PaliGemma = PaliGemma(llm, img)
         width = expert_cfg.width

@@ -125,10 +125,18 @@ class EncoderBlock(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    def __init__(self, config: SiglipConfig, rngs: nnx.Rngs, *, flash_attention: bool = False):
+    def __init__(
+        self,
+        config: SiglipConfig,
+        rngs: nnx.Rngs,
+        *,
+        flash_attention: bool = False,
+        command_buffer_breaks: tuple[int, ...] = (),
+    ):
         self.encoderblock = EncoderBlock(config, rngs, flash_attention=flash_attention)
         self.encoder_norm = _LayerNorm((config.width,))
         self.layer_stacks_released = False
+        self.command_buffer_breaks = tuple(command_buffer_breaks)
 
     def release_layer_stacks(self) -> None:
         """Replace the stacked block weights by empty stand-ins (``packing.release_stacks``): passes then need
@@ -172,8 +180,10 @@ class Transformer(nnx.Module):
         """``layer_weights``: the blocks already cut one per layer (``layer_weights()``); they then run as
         straight-line code (the same arithmetic) instead of a scan that copies each block's slice of the stacks."""
         if layer_weights is not None:
-            for block_state in layer_weights.per_layer:
+            for i, block_state in enumerate(layer_weights.per_layer):
                 x = nnx.merge(layer_weights.graphdef, block_state)(x, dtype)
+                if i in self.command_buffer_breaks:
+                    x = ops.command_buffer_break(x)
             return self.encoder_norm(x, dtype=dtype)
         if self.layer_stacks_released:
             raise ValueError(STACKS_RELEASED)
@@ -198,6 +208,7 @@ class SigLIP(nnx.Module):
         dtype: str,
         rngs: nnx.Rngs,
         flash_attention: bool = False,
+        command_buffer_breaks: tuple[int, ...] = (),
     ):
         self.config = config
         self.dtype = jnp.dtype(dtype)
@@ -210,7 +221,9 @@ class SigLIP(nnx.Module):
         self.pos_embedding = nnx.Param(
             jax.nn.initializers.normal(1 / w**0.5)(rngs.params(), (1, num_patches, w), jnp.float32)
         )
-        self.Transformer = Transformer(config, rngs, flash_attention=flash_attention)
+        self.Transformer = Transformer(
+            config, rngs, flash_attention=flash_attention, command_buffer_breaks=command_buffer_breaks
+        )
         # openpi zero-initialises the head; a random head keeps freshly made models sensitive to their images.
         self.head = _Dense(
             jax.nn.initializers.lecun_normal()(rngs.params(), (w, out_width)), jnp.zeros((out_width,), jnp.float32)
