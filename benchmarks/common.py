@@ -39,10 +39,13 @@ def median_ms(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def kernel_times(fn, calls: int) -> tuple[float, dict[str, list]]:
-    """Profile ``calls`` calls of ``fn`` (after one warm-up): (wall ms per call, {kernel name: [GPU ms per call,
-    launches per call]}); empty when no trace was written. Kernels of XLA's fusions carry the fusion's name
-    (``gemm_fusion_dot_785`` is ``gemm_fusion_dot.785`` in the HLO)."""
+_NOT_KERNELS = ("xla ops", "xla modules", "steps", "source", "tf ops", "launch stats")
+"""Lines of a GPU plane that summarise kernels rather than list them."""
+
+
+def _traced(fn, calls: int) -> tuple[float, list, list]:
+    """``calls`` calls of ``fn`` under the profiler (after one warm-up): (wall ms per call, GPU kernel events, host
+    events), each event (start ns, end ns, name); no events when no trace was written."""
     jax.block_until_ready(fn())
     with tempfile.TemporaryDirectory() as trace_dir:
         jax.profiler.start_trace(trace_dir)
@@ -53,19 +56,28 @@ def kernel_times(fn, calls: int) -> tuple[float, dict[str, list]]:
         jax.profiler.stop_trace()
         files = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
         if not files:
-            return wall, {}
+            return wall, [], []
         data = jax.profiler.ProfileData.from_file(files[0])
-    table: dict[str, list] = {}
+    kernels, host = [], []
     for plane in data.planes:
-        if "gpu" not in plane.name.lower():
-            continue
+        on_gpu = "gpu" in plane.name.lower()
         for line in plane.lines:
-            if line.name.lower() in ("xla ops", "xla modules", "steps", "source", "tf ops", "launch stats"):
+            if on_gpu and line.name.lower() in _NOT_KERNELS:
                 continue
-            for event in line.events:
-                row = table.setdefault(event.name, [0.0, 0])
-                row[0] += event.duration_ns / 1e6 / calls
-                row[1] += 1
+            (kernels if on_gpu else host).extend((e.start_ns, e.start_ns + e.duration_ns, e.name) for e in line.events)
+    return wall, kernels, host
+
+
+def kernel_times(fn, calls: int) -> tuple[float, dict[str, list]]:
+    """Profile ``calls`` calls of ``fn`` (after one warm-up): (wall ms per call, {kernel name: [GPU ms per call,
+    launches per call]}); empty when no trace was written. Kernels of XLA's fusions carry the fusion's name
+    (``gemm_fusion_dot_785`` is ``gemm_fusion_dot.785`` in the HLO)."""
+    wall, kernels, _ = _traced(fn, calls)
+    table: dict[str, list] = {}
+    for start, stop, name in kernels:
+        row = table.setdefault(name, [0.0, 0])
+        row[0] += (stop - start) / 1e6 / calls
+        row[1] += 1
     for row in table.values():
         row[1] //= calls
     return wall, table
@@ -75,24 +87,7 @@ def gpu_timeline(fn, top: int = 12) -> dict:
     """One profiled call of ``fn`` (after one warm-up) as a GPU timeline: its span from the first kernel's start to
     the last one's end, the time some kernel ran (overlaps counted once), the idle time in between, and the longest
     idle gaps with the kernels on either side and where in the span they fall (0 = start, 1 = end)."""
-    jax.block_until_ready(fn())
-    with tempfile.TemporaryDirectory() as trace_dir:
-        jax.profiler.start_trace(trace_dir)
-        jax.block_until_ready(fn())
-        jax.profiler.stop_trace()
-        files = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
-        if not files:
-            return {}
-        data = jax.profiler.ProfileData.from_file(files[0])
-    events, host = [], []
-    for plane in data.planes:
-        if "gpu" not in plane.name.lower():
-            host += [(e.start_ns, e.start_ns + e.duration_ns, e.name) for line in plane.lines for e in line.events]
-            continue
-        for line in plane.lines:
-            if line.name.lower() in ("xla ops", "xla modules", "steps", "source", "tf ops", "launch stats"):
-                continue
-            events += [(e.start_ns, e.start_ns + e.duration_ns, e.name) for e in line.events]
+    _, events, host = _traced(fn, 1)
     if not events:
         return {}
     events.sort()
